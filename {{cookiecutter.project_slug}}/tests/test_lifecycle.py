@@ -1,0 +1,101 @@
+"""Startup and shutdown as the platforms drive them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import connect
+
+from conftest import PACKAGE, PROJECT_ROOT, App
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_shutdown_signal_closes_connections_with_1001_and_exits_0(
+    app: App, signum: signal.Signals
+) -> None:
+    with contextlib.ExitStack() as stack:
+        clients = [
+            stack.enter_context(connect(app.ws_url(f"/ws/room{i}"))) for i in range(4)
+        ]
+        for client in clients:
+            client.send("ping")
+            assert client.recv(timeout=5) == "ping"
+        assert app.stop(signum) == 0
+        for client in clients:
+            with pytest.raises(ConnectionClosedOK):
+                client.recv(timeout=5)
+            assert client.close_code == 1001
+    assert "ERROR" not in app.log
+
+
+def test_a_second_sigterm_does_not_interrupt_the_shutdown(app: App) -> None:
+    with connect(app.ws_url()) as client:
+        app.process.send_signal(signal.SIGTERM)
+        app.process.send_signal(signal.SIGTERM)
+        assert app.process.wait(10) == 0
+        with pytest.raises(ConnectionClosedOK):
+            client.recv(timeout=5)
+        assert client.close_code == 1001
+
+
+def test_shutdown_gives_up_after_shutdown_timeout(
+    start_app: Callable[..., App],
+) -> None:
+    app = start_app(SHUTDOWN_TIMEOUT="0.5")
+    # A client that completes the opening handshake and then never answers
+    # the closing handshake would hold the process for close_timeout (10 s).
+    with open_unresponsive_websocket(app.port):
+        assert app.stop(signal.SIGTERM, timeout=5) == 0
+    assert "exiting anyway" in app.log
+
+
+def open_unresponsive_websocket(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        b"GET /ws HTTP/1.1\r\n"
+        b"Host: localhost\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(4096)
+    assert response.startswith(b"HTTP/1.1 101 "), response
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("LOG_LEVEL", "loud"),
+        ("SHUTDOWN_TIMEOUT", "-1"),
+        ("SHUTDOWN_TIMEOUT", "soon"),
+    ],
+)
+def test_a_bad_setting_stops_startup_with_one_line_naming_it(
+    variable: str, value: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", PACKAGE],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert f"{variable}={value!r}" in result.stderr

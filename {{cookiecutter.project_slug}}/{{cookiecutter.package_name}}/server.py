@@ -1,0 +1,79 @@
+"""Process lifecycle: listen, serve until told to stop, then drain.
+
+Platforms stop a process with a signal and kill it after a grace period:
+Heroku sends SIGTERM then SIGKILL 30 s later; Fly.io sends SIGINT unless
+configured otherwise; Render sends SIGTERM. On either signal the server
+stops accepting connections, reports unhealthy, closes every WebSocket with
+1001 (going away) so clients reconnect elsewhere, and waits for handlers to
+return, for at most ``SHUTDOWN_TIMEOUT`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from websockets.asyncio.server import serve
+
+from . import rooms
+from .config import Config
+from .routes import Routes
+
+__all__ = ["SHUTDOWN_SIGNALS", "run"]
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    routes = Routes(is_websocket_path=rooms.accepts)
+    server = await serve(
+        rooms.handler,
+        config.host,
+        config.port,
+        process_request=routes.process_request,
+        # Per-message deflate costs about 50 KiB per connection; chat
+        # messages are too short to gain from it.
+        compression=None,
+    )
+
+    received = await wait_for_signal(SHUTDOWN_SIGNALS)
+    logger.info(
+        "received %s: closing %d connections", received.name, len(server.connections)
+    )
+    routes.shutting_down = True
+    server.close()  # Closes open connections with 1001 (going away).
+    try:
+        async with asyncio.timeout(config.shutdown_timeout):
+            await server.wait_closed()
+    except TimeoutError:
+        logger.warning(
+            "connections still open after SHUTDOWN_TIMEOUT=%gs: exiting anyway",
+            config.shutdown_timeout,
+        )
+        # Drop what is left, as asyncio.Server.abort_clients() would (3.13+).
+        for connection in server.all_connections:
+            connection.transport.abort()
+    else:
+        logger.info("all connections closed: exiting")
+
+
+async def wait_for_signal(signals: tuple[signal.Signals, ...]) -> signal.Signals:
+    """Return the first of ``signals`` received; ignore any that follow.
+
+    Heroku may send SIGTERM more than once: later ones must not restart or
+    interrupt the shutdown already under way.
+    """
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(signum)
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    return await received
