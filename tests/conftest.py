@@ -1,0 +1,180 @@
+"""Shared fixtures: bake the template with cookiecutter's API, run what it bakes."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+SPEC: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+#: A valid non-default value for every free-text variable, chosen to stress
+#: the rendering: non-ASCII, quotes, backslashes, markup. The option matrix
+#: takes booleans and choices from cookiecutter.json by itself; a new text
+#: variable must get a sample here (test_every_variable_is_covered checks).
+TEXT_SAMPLES: dict[str, str] = {
+    "project_name": 'Café "Chat" \\o/ <b>&',
+    "project_slug": "chat2",
+    "package_name": "chat_service",
+    "description": 'Says "hi" \\ en français: ça marche & <script>',
+    "author_name": "Zoë O'Brien-Łukasiewicz",
+    "fly_region": "fra",
+}
+
+
+def option_variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Answers that together give every option a non-default value once.
+
+    Returns {test id: extra_context}. Raises for a variable whose kind it
+    does not know, so a new kind of variable cannot go untested.
+    """
+    variants: dict[str, dict[str, Any]] = {"defaults": {}}
+    for name, default in spec.items():
+        if name.startswith("_"):
+            continue
+        if isinstance(default, bool):
+            variants[f"{name}={not default}"] = {name: not default}
+        elif isinstance(default, list):
+            for choice in default[1:]:
+                variants[f"{name}={choice}"] = {name: choice}
+        elif isinstance(default, str) and name in TEXT_SAMPLES:
+            variants[f"{name}=sample"] = {name: TEXT_SAMPLES[name]}
+        else:
+            raise LookupError(f"cookiecutter.json variable {name!r} is not covered")
+    return variants
+
+
+def require_tool(name: str) -> str:
+    """Return the path of a command; without it, skip (fail under CI=true)."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        message = f"{name} is not installed (see .ci/run for how CI installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_environment(**extra: str) -> dict[str, str]:
+    """Environment for a baked app: this interpreter first on PATH, loopback only."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HOST": "127.0.0.1",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user config that keeps cookiecutter's replay files out of $HOME."""
+    root = tmp_path_factory.mktemp("cookiecutter-home")
+    config = root / "config.yaml"
+    config.write_text(f"cookiecutters_dir: {root / 'templates'}\nreplay_dir: {root / 'replay'}\n")
+    return config
+
+
+@pytest.fixture(scope="session")
+def bake(
+    tmp_path_factory: pytest.TempPathFactory, cookiecutter_config: Path
+) -> Callable[..., Path]:
+    """Bake the template with the given answers, once per set of answers."""
+    baked: dict[str, Path] = {}
+
+    def bake(**answers: Any) -> Path:
+        key = json.dumps(answers, sort_keys=True)
+        if key not in baked:
+            output_dir = tmp_path_factory.mktemp("baked")
+            project = cookiecutter(
+                str(TEMPLATE),
+                no_input=True,
+                extra_context=answers,
+                output_dir=str(output_dir),
+                config_file=str(cookiecutter_config),
+            )
+            baked[key] = Path(project)
+        return baked[key]
+
+    return bake
+
+
+@pytest.fixture(scope="session")
+def default_project(bake: Callable[..., Path]) -> Path:
+    return bake()
+
+
+@pytest.fixture
+def cli_environment(cookiecutter_config: Path) -> Iterator[dict[str, str]]:
+    yield {**os.environ, "COOKIECUTTER_CONFIG": str(cookiecutter_config)}
+
+
+def http_status(port: int, path: str = "/healthz", method: str = "GET") -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes],
+    port: int,
+    log: Path,
+    *,
+    path: str = "/healthz",
+    method: str = "GET",
+    deadline: float = 20.0,
+) -> None:
+    """Poll the health check like a platform does, until it answers 200."""
+    give_up = time.monotonic() + deadline
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            pytest.fail(f"exited with {process.returncode} before healthy:\n{log.read_text()}")
+        try:
+            if http_status(port, path, method) == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"not healthy after {deadline}s:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``command`` in its own process group; kill the group on the way out."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,33 @@
+"""The generated project's own test suite passes inside the baked project."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import TEXT_SAMPLES, app_environment
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [{}, {"package_name": TEXT_SAMPLES["package_name"], "python_version": "3.11"}],
+    ids=["defaults", "renamed"],
+)
+def test_the_generated_test_suite_passes(
+    bake: Callable[..., Path], answers: dict[str, str]
+) -> None:
+    project = bake(**answers)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        env=app_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -1,0 +1,142 @@
+"""The hooks: bad answers are refused cleanly; unselected platforms leave no file."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import TEMPLATE
+
+#: (variable, value, why it is bad) — refused by pre_gen_project.py.
+REFUSED_BY_HOOK = [
+    ("project_slug", "My App", "capitals and a space"),
+    ("project_slug", "ab", "too short for an app name"),
+    ("project_slug", "a" * 31, "too long for a Heroku app name"),
+    ("project_slug", "-chat", "leading dash"),
+    ("project_slug", "chat--room", "double dash"),
+    ("project_slug", "chat.room", "a dot"),
+    ("package_name", "json", "shadows the standard library"),
+    ("package_name", "asyncio", "shadows the standard library"),
+    ("package_name", "class", "a keyword"),
+    ("package_name", "match", "a soft keyword"),
+    ("package_name", "websockets", "shadows a dependency"),
+    ("package_name", "2fast", "not an identifier"),
+    ("package_name", "my-app", "not an identifier"),
+    ("package_name", "MyApp", "not lower case"),
+    ("project_name", "", "empty"),
+    ("project_name", "!!!", "no letter or digit"),
+    ("project_name", "two\nlines", "a line break"),
+    ("project_name", " padded", "surrounding space"),
+    ("description", "x" * 201, "too long"),
+    ("author_name", "tab\there", "a control character"),
+]
+
+#: Refused by cookiecutter itself before the hook runs.
+REFUSED_BY_COOKIECUTTER = [
+    ("python_version", "3.9", "not a listed choice"),
+    ("deploy_fly", "maybe", "not a boolean"),
+]
+
+
+def run_cookiecutter(
+    output_dir: Path, env: dict[str, str], **answers: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable, "-m", "cookiecutter", "--no-input", str(TEMPLATE),
+            "--output-dir", str(output_dir),
+            *(f"{name}={value}" for name, value in answers.items()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("optimize", ["", "1"], ids=["plain", "PYTHONOPTIMIZE=1"])
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    REFUSED_BY_HOOK,
+    ids=[f"{var}-{why}" for var, _, why in REFUSED_BY_HOOK],
+)
+def test_the_hook_refuses_a_bad_answer_in_one_line_and_leaves_nothing(
+    tmp_path: Path,
+    cli_environment: dict[str, str],
+    variable: str,
+    value: str,
+    why: str,
+    optimize: str,
+) -> None:
+    result = run_cookiecutter(
+        tmp_path, {**cli_environment, "PYTHONOPTIMIZE": optimize}, **{variable: value}
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stdout + result.stderr
+    assert errors[0].startswith(f"error: {variable}={value!r} is invalid: it must ")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    REFUSED_BY_COOKIECUTTER,
+    ids=[f"{var}-{why}" for var, _, why in REFUSED_BY_COOKIECUTTER],
+)
+def test_cookiecutter_refuses_a_value_outside_the_declared_kind(
+    tmp_path: Path, cli_environment: dict[str, str], variable: str, value: str, why: str
+) -> None:
+    result = run_cookiecutter(tmp_path, cli_environment, **{variable: value})
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert variable in last_line and value in last_line
+    assert list(tmp_path.iterdir()) == []
+
+
+#: The files each platform flag owns: present when it is on, absent when off.
+PLATFORM_FILES = {
+    "deploy_heroku": {"app.json"},
+    "deploy_fly": {"fly.toml", "Dockerfile", ".dockerignore"},
+    "deploy_render": {"render.yaml"},
+}
+
+
+def relative_files(project: Path) -> set[str]:
+    return {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        dict(zip(PLATFORM_FILES, combo, strict=True))
+        for combo in itertools.product([True, False], repeat=3)
+    ],
+    ids=lambda flags: "+".join(k.removeprefix("deploy_") for k, v in flags.items() if v) or "none",
+)
+def test_each_flag_combination_renders_exactly_the_selected_platforms_files(
+    bake: Callable[..., Path], flags: dict[str, bool]
+) -> None:
+    everything = relative_files(bake())
+    selected = relative_files(bake(**flags))
+    unselected = set().union(*(PLATFORM_FILES[f] for f, on in flags.items() if not on))
+    assert selected == everything - unselected
+
+
+def test_the_default_answers_select_every_platform_file(default_project: Path) -> None:
+    everything = set().union(*PLATFORM_FILES.values())
+    assert everything <= relative_files(default_project)
+
+
+def test_the_post_gen_hook_prints_next_steps(
+    tmp_path: Path, cli_environment: dict[str, str]
+) -> None:
+    result = run_cookiecutter(tmp_path, cli_environment)
+    assert result.returncode == 0, result.stderr
+    assert "cd my-websocket-app" in result.stdout
+    assert "honcho start" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["my-websocket-app"]

@@ -1,0 +1,113 @@
+"""Every option renders a project that is complete, parses and lints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import SPEC, TEXT_SAMPLES, option_variants, require_tool
+
+VARIANTS = option_variants(SPEC)
+
+
+@pytest.fixture(params=list(VARIANTS.values()), ids=list(VARIANTS))
+def answers(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return request.param
+
+
+@pytest.fixture
+def project(answers: dict[str, Any], bake: Callable[..., Path]) -> Path:
+    return bake(**answers)
+
+
+def text_files(project: Path) -> list[Path]:
+    return [path for path in sorted(project.rglob("*")) if path.is_file()]
+
+
+def test_nothing_is_left_unrendered(project: Path) -> None:
+    for path in [*text_files(project), *project.rglob("*")]:
+        assert "{{" not in path.name and "{%" not in path.name, path
+    for path in text_files(project):
+        text = path.read_text()
+        assert "{{" not in text and "{%" not in text and "cookiecutter." not in text, path
+
+
+def test_every_text_file_uses_lf_line_endings(project: Path) -> None:
+    for path in text_files(project):
+        assert b"\r" not in path.read_bytes(), path
+
+
+def test_every_python_file_compiles_without_warnings(project: Path) -> None:
+    for path in project.rglob("*.py"):
+        with warnings.catch_warnings(action="error"):
+            compile(path.read_text(), str(path), "exec", dont_inherit=True)
+
+
+def test_every_structured_file_parses(project: Path) -> None:
+    parsers: dict[str, Callable[[str], Any]] = {
+        ".toml": tomllib.loads,
+        ".json": json.loads,
+        ".yaml": yaml.safe_load,
+        ".yml": yaml.safe_load,
+    }
+    for path in text_files(project):
+        if path.suffix in parsers:
+            parsers[path.suffix](path.read_text())
+
+
+def test_ruff_finds_nothing_in_the_generated_code(project: Path) -> None:
+    ruff = require_tool("ruff")
+    result = subprocess.run(
+        [ruff, "check", "--no-cache", "."], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = subprocess.run(
+        [ruff, "format", "--check", "--no-cache", "."],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_imports_and_names_itself(project: Path) -> None:
+    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {package}; print({package}.__name__)"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.strip() == package, result.stderr
+
+
+def test_procfile_starts_the_package_as_a_module(project: Path) -> None:
+    from honcho.environ import parse_procfile
+
+    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    procfile = parse_procfile((project / "Procfile").read_text())
+    assert procfile.processes == {"web": f"python -m {package}"}
+
+
+def test_python_version_file_matches_the_answer(project: Path, answers: dict[str, Any]) -> None:
+    expected = answers.get("python_version", SPEC["python_version"][0])
+    assert (project / ".python-version").read_text() == f"{expected}\n"
+
+
+def test_text_answers_reach_the_readme_unchanged(bake: Callable[..., Path]) -> None:
+    project = bake(
+        project_name=TEXT_SAMPLES["project_name"],
+        description=TEXT_SAMPLES["description"],
+    )
+    readme = (project / "README.md").read_text()
+    assert TEXT_SAMPLES["project_name"] in readme
+    assert TEXT_SAMPLES["description"] in readme
