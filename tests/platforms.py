@@ -1,0 +1,143 @@
+"""Read a baked project's platform files the way each platform reads them.
+
+Each function returns a `Launch`: how that platform starts the app, checks
+its health and stops it, with every value taken from the baked files (only
+what no file states, like Heroku's 30 s grace period or Render's default
+PORT, is a platform constant here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import signal
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from honcho.environ import parse_procfile
+
+HEROKU_GRACE_SECONDS = 30  # SIGKILL 30 s after SIGTERM
+RENDER_DEFAULT_PORT = 10000
+RENDER_DEFAULT_SHUTDOWN_DELAY = 30
+
+
+@dataclasses.dataclass
+class Launch:
+    platform: str
+    argv: list[str]
+    env: dict[str, str]
+    health: tuple[str, str] | None  # (method, path); Heroku has no HTTP check
+    kill_signal: signal.Signals
+    grace_seconds: float
+    signal_every_process: bool  # Heroku signals every process of the dyno
+
+    @property
+    def port(self) -> int:
+        return int(self.env["PORT"])
+
+
+@dataclasses.dataclass
+class Dockerfile:
+    base_image: str
+    env: dict[str, str]
+    user: str | None
+    cmd: Any  # a list for exec form, a string for shell form
+    instructions: list[tuple[str, str]]
+
+
+def read_dockerfile(path: Path) -> Dockerfile:
+    """Parse the instructions this template uses (FROM, ENV, USER, CMD)."""
+    logical_lines = re.sub(r"\\\n", " ", path.read_text()).splitlines()
+    instructions = []
+    for line in logical_lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    env: dict[str, str] = {}
+    for keyword, rest in instructions:
+        if keyword == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(rest))
+    last = {keyword: rest for keyword, rest in instructions}
+    cmd_text = last.get("CMD", "")
+    try:
+        cmd = json.loads(cmd_text)
+    except json.JSONDecodeError:
+        cmd = cmd_text
+    return Dockerfile(last["FROM"], env, last.get("USER"), cmd, instructions)
+
+
+def seconds(duration: int | str) -> float:
+    """Fly durations: an integer of seconds, or a string like "30s" or "1m"."""
+    if isinstance(duration, int):
+        return float(duration)
+    match = re.fullmatch(r"(\d+)(ms|s|m)", duration)
+    assert match, f"not a Fly duration: {duration!r}"
+    return int(match[1]) * {"ms": 0.001, "s": 1, "m": 60}[match[2]]
+
+
+def procfile_web(project: Path) -> str:
+    return parse_procfile((project / "Procfile").read_text()).processes["web"]
+
+
+def fly_config(project: Path) -> dict[str, Any]:
+    return tomllib.loads((project / "fly.toml").read_text())
+
+
+def render_service(project: Path) -> dict[str, Any]:
+    (service,) = yaml.safe_load((project / "render.yaml").read_text())["services"]
+    return service
+
+
+def app_json(project: Path) -> dict[str, Any]:
+    return json.loads((project / "app.json").read_text())
+
+
+def heroku(project: Path, port: int) -> Launch:
+    config_vars = {name: spec["value"] for name, spec in app_json(project)["env"].items()}
+    return Launch(
+        platform="heroku",
+        argv=["bash", "-c", procfile_web(project)],
+        env={**config_vars, "PORT": str(port)},
+        health=None,
+        kill_signal=signal.SIGTERM,
+        grace_seconds=HEROKU_GRACE_SECONDS,
+        signal_every_process=True,
+    )
+
+
+def fly(project: Path, port: int | None = None) -> Launch:
+    config = fly_config(project)
+    image = read_dockerfile(project / config["build"]["dockerfile"])
+    env = {**image.env, **config["env"]}
+    if port is not None:
+        env["PORT"] = str(port)
+    (check,) = config["http_service"]["checks"]
+    return Launch(
+        platform="fly",
+        argv=image.cmd,
+        env=env,
+        health=(check["method"], check["path"]),
+        kill_signal=signal.Signals[config["kill_signal"]],
+        grace_seconds=seconds(config["kill_timeout"]),
+        signal_every_process=False,
+    )
+
+
+def render(project: Path, port: int | None = None) -> Launch:
+    service = render_service(project)
+    env = {var["key"]: var["value"] for var in service.get("envVars", []) if "value" in var}
+    env["PORT"] = str(RENDER_DEFAULT_PORT if port is None else port)
+    return Launch(
+        platform="render",
+        argv=["bash", "-c", service["startCommand"]],
+        env=env,
+        health=("GET", service["healthCheckPath"]),
+        kill_signal=signal.SIGTERM,
+        grace_seconds=service.get("maxShutdownDelaySeconds", RENDER_DEFAULT_SHUTDOWN_DELAY),
+        signal_every_process=False,
+    )

@@ -1,0 +1,278 @@
+"""Platform files hold to each platform's contract, and the app survives its lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import connect
+
+import platforms
+from conftest import app_environment, free_port, require_tool, running, wait_until_healthy
+
+PACKAGE_MANAGER_FILES = ("requirements.txt", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock")
+
+
+def app_setting(project: Path, expression: str, env: dict[str, str]) -> str:
+    """Evaluate ``expression`` inside the baked package, with ``env`` as its environment."""
+    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    code = (
+        f"from {package}.config import Config\nfrom {package}.routes import HEALTH_PATH\n"
+        f"config = Config.from_environ({env!r})\nprint({expression})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+# --- Cross-config consistency ----------------------------------------------
+
+
+def test_every_platform_starts_the_same_command(default_project: Path) -> None:
+    procfile = platforms.procfile_web(default_project)
+    image = platforms.read_dockerfile(default_project / "Dockerfile")
+    assert platforms.render_service(default_project)["startCommand"] == procfile
+    assert " ".join(image.cmd) == procfile
+
+
+def test_health_checks_probe_the_path_the_app_serves(default_project: Path) -> None:
+    served = app_setting(default_project, "HEALTH_PATH", {})
+    fly_checks = platforms.fly_config(default_project)["http_service"]["checks"]
+    assert [check["path"] for check in fly_checks] == [served]
+    assert platforms.render_service(default_project)["healthCheckPath"] == served
+
+
+def test_fly_routes_to_the_port_the_image_listens_on(default_project: Path) -> None:
+    config = platforms.fly_config(default_project)
+    image = platforms.read_dockerfile(default_project / "Dockerfile")
+    assert config["http_service"]["internal_port"] == int(image.env["PORT"])
+    assert config["env"]["PORT"] == image.env["PORT"]
+
+
+@pytest.mark.parametrize("platform", ["heroku", "fly", "render"])
+def test_shutdown_timeout_fits_in_the_platform_grace_period(
+    default_project: Path, platform: str
+) -> None:
+    launch = getattr(platforms, platform)(default_project, port=8000)
+    timeout = float(app_setting(default_project, "config.shutdown_timeout", launch.env))
+    # Closing handshakes need a moment after the deadline, before SIGKILL.
+    assert timeout + 5 <= launch.grace_seconds
+
+
+def test_render_free_plan_leaves_out_the_shutdown_delay(bake: Callable[..., Path]) -> None:
+    service = platforms.render_service(bake(render_plan="free"))
+    assert "maxShutdownDelaySeconds" not in service
+    assert service["plan"] == "free"
+
+
+# --- Heroku ---------------------------------------------------------------
+
+
+def test_heroku_finds_exactly_one_package_manager_file(default_project: Path) -> None:
+    present = [name for name in PACKAGE_MANAGER_FILES if (default_project / name).exists()]
+    assert present == ["requirements.txt"]
+    assert not (default_project / "runtime.txt").exists()
+
+
+def test_heroku_python_version_comes_from_python_version_file(
+    bake: Callable[..., Path],
+) -> None:
+    assert (bake(python_version="3.12") / ".python-version").read_text() == "3.12\n"
+
+
+def test_app_json_describes_the_heroku_button(default_project: Path) -> None:
+    app = platforms.app_json(default_project)
+    assert app["name"] == "My WebSocket App"
+    assert app["description"]
+    assert app["buildpacks"] == [{"url": "heroku/python"}]
+    assert app["formation"]["web"]["quantity"] >= 1
+    assert app["formation"]["web"]["size"]
+    for name, spec in app["env"].items():
+        assert spec["description"], name
+
+
+def test_app_json_keeps_a_long_project_name_within_30_characters(
+    bake: Callable[..., Path],
+) -> None:
+    app = platforms.app_json(bake(project_name="A Rather Long Name For A Chat Service"))
+    assert app["name"] == "A Rather Long Name For A Chat"
+
+
+# --- Fly.io ---------------------------------------------------------------
+
+
+def test_fly_toml_uses_http_service_not_legacy_services(default_project: Path) -> None:
+    config = platforms.fly_config(default_project)
+    assert "services" not in config
+    assert config["app"] == "my-websocket-app"
+    assert config["primary_region"] == "iad"
+    assert config["http_service"]["force_https"] is True
+    assert (default_project / config["build"]["dockerfile"]).is_file()
+
+
+def test_fly_region_comes_from_the_answer(bake: Callable[..., Path]) -> None:
+    assert platforms.fly_config(bake(fly_region="fra"))["primary_region"] == "fra"
+
+
+def test_fly_stops_machines_with_sigterm(default_project: Path) -> None:
+    config = platforms.fly_config(default_project)
+    assert config["kill_signal"] == "SIGTERM"
+    assert platforms.seconds(config["kill_timeout"]) > 5  # Fly's default
+
+
+def test_fly_auto_stop_is_one_of_the_documented_strings(default_project: Path) -> None:
+    value = platforms.fly_config(default_project)["http_service"]["auto_stop_machines"]
+    assert value in ("off", "stop", "suspend")
+
+
+def test_fly_concurrency_counts_connections_above_the_default_limit(
+    default_project: Path,
+) -> None:
+    concurrency = platforms.fly_config(default_project)["http_service"]["concurrency"]
+    assert concurrency["type"] == "connections"
+    assert 20 < concurrency["soft_limit"] <= concurrency["hard_limit"]
+
+
+def test_fly_health_check_has_timing(default_project: Path) -> None:
+    (check,) = platforms.fly_config(default_project)["http_service"]["checks"]
+    assert check["method"] == "GET"
+    for key in ("grace_period", "interval", "timeout"):
+        assert platforms.seconds(check[key]) > 0, key
+
+
+def test_dockerfile_passes_hadolint(default_project: Path) -> None:
+    hadolint = require_tool("hadolint")
+    result = subprocess.run(
+        [hadolint, "Dockerfile"], cwd=default_project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", ["3.14", "3.11"])
+def test_dockerfile_builds_on_the_chosen_slim_python(
+    bake: Callable[..., Path], version: str
+) -> None:
+    image = platforms.read_dockerfile(bake(python_version=version) / "Dockerfile")
+    assert image.base_image == f"python:{version}-slim"
+
+
+def test_dockerfile_runs_python_directly_as_a_numeric_unprivileged_user(
+    default_project: Path,
+) -> None:
+    image = platforms.read_dockerfile(default_project / "Dockerfile")
+    assert isinstance(image.cmd, list), "CMD must be exec form so Python gets the signal"
+    assert image.user is not None and image.user.isdigit() and int(image.user) > 0
+    assert image.env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image(default_project: Path) -> None:
+    ignored = (default_project / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".env", "tests"} <= set(ignored)
+
+
+# --- Render ---------------------------------------------------------------
+
+
+def test_render_yaml_is_a_python_web_blueprint(default_project: Path) -> None:
+    service = platforms.render_service(default_project)
+    assert service["type"] == "web"
+    assert service["runtime"] == "python"
+    assert "env" not in service  # the legacy spelling of runtime
+    assert service["name"] == "my-websocket-app"
+    assert (service["plan"], service["region"]) == ("starter", "oregon")
+    assert service["autoDeployTrigger"] == "commit"
+    assert "requirements.txt" in service["buildCommand"]
+    assert 1 <= service["maxShutdownDelaySeconds"] <= 300
+
+
+@pytest.mark.parametrize(("plan", "region"), [("pro", "frankfurt"), ("standard", "singapore")])
+def test_render_plan_and_region_come_from_the_answers(
+    bake: Callable[..., Path], plan: str, region: str
+) -> None:
+    service = platforms.render_service(bake(render_plan=plan, render_region=region))
+    assert (service["plan"], service["region"]) == (plan, region)
+
+
+# --- Lifecycle, as each platform drives it ----------------------------------
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def launch_for(platform: str, project: Path) -> platforms.Launch:
+    """The platform's own port when it is free here, else any free port."""
+    if platform == "heroku":
+        return platforms.heroku(project, port=free_port())
+    launch = getattr(platforms, platform)(project)
+    if not port_is_free(launch.port):
+        launch = getattr(platforms, platform)(project, port=free_port())
+    return launch
+
+
+def wait_until_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Heroku has no HTTP health check: its router just needs the port bound."""
+    deadline = time.monotonic() + 60  # Heroku's R10 boot timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"port {port} not bound within 60 s:\n{log.read_text()}")
+
+
+CLIENTS = 5
+
+
+@pytest.mark.parametrize("platform", ["heroku", "fly", "render"])
+def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
+    default_project: Path, tmp_path: Path, platform: str
+) -> None:
+    launch = launch_for(platform, default_project)
+    log = tmp_path / f"{platform}.log"
+    with running(launch.argv, default_project, app_environment(**launch.env), log) as process:
+        if launch.health is None:
+            wait_until_listening(process, launch.port, log)
+        else:
+            method, path = launch.health
+            wait_until_healthy(process, launch.port, log, path=path, method=method)
+
+        with contextlib.ExitStack() as stack:
+            clients = [
+                stack.enter_context(connect(f"ws://127.0.0.1:{launch.port}/ws/room{i}"))
+                for i in range(CLIENTS)
+            ]
+            for client in clients:
+                client.send("before the deploy")
+                assert client.recv(timeout=5) == "before the deploy"
+
+            started = time.monotonic()
+            if launch.signal_every_process:
+                os.killpg(process.pid, launch.kill_signal)
+            else:
+                process.send_signal(launch.kill_signal)
+
+            for client in clients:
+                with pytest.raises(ConnectionClosedOK):
+                    client.recv(timeout=launch.grace_seconds)
+                assert client.close_code == 1001
+            assert process.wait(timeout=launch.grace_seconds) == 0
+            assert time.monotonic() - started < launch.grace_seconds
+
+    output = log.read_text()
+    assert "ERROR" not in output and "Traceback" not in output, output
+    assert f"received {launch.kill_signal.name}" in output
