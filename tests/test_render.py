@@ -111,3 +111,9 @@ def test_text_answers_reach_the_readme_unchanged(bake: Callable[..., Path]) -> N
     readme = (project / "README.md").read_text()
     assert TEXT_SAMPLES["project_name"] in readme
     assert TEXT_SAMPLES["description"] in readme
+
+
+def test_no_env_file_sets_port(project: Path) -> None:
+    # honcho lets PORT in .env override `honcho start -p`.
+    for env_file in project.rglob(".env*"):
+        assert "PORT" not in env_file.read_text(), env_file

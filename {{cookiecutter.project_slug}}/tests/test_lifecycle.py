@@ -99,3 +99,16 @@ def test_a_bad_setting_stops_startup_with_one_line_naming_it(
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert f"{variable}={value!r}" in result.stderr
+
+
+def test_log_level_hides_lower_levels(start_app: Callable[..., App]) -> None:
+    app = start_app(LOG_LEVEL="WARNING")
+    assert app.stop() == 0
+    assert "INFO" not in app.log
+
+
+def test_logs_go_to_stdout_one_line_per_event(app: App) -> None:
+    assert app.stop() == 0
+    lines = app.log.splitlines()
+    assert any("server listening on 127.0.0.1" in line for line in lines)
+    assert all(line.split(" ", 1)[0] in ("DEBUG", "INFO", "WARNING") for line in lines)

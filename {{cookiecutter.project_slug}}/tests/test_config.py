@@ -1,0 +1,40 @@
+"""Configuration comes from the environment, with safe defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from {{ cookiecutter.package_name }}.config import Config, ConfigError
+
+
+def test_defaults_listen_on_every_interface_on_port_8000() -> None:
+    config = Config.from_environ({})
+    assert config.host is None  # every IPv4 and IPv6 interface
+    assert config.port == 8000
+    assert config.log_level == "INFO"
+    assert config.shutdown_timeout == 20
+
+
+def test_values_are_read_from_the_environment() -> None:
+    environ = {"HOST": "::1", "PORT": "10000", "LOG_LEVEL": "debug"}
+    config = Config.from_environ({**environ, "SHUTDOWN_TIMEOUT": "2.5"})
+    assert (config.host, config.port, config.log_level) == ("::1", 10000, "DEBUG")
+    assert config.shutdown_timeout == 2.5
+
+
+def test_shutdown_timeout_stays_below_herokus_30_second_grace_period() -> None:
+    assert Config.from_environ({}).shutdown_timeout < 30
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "0"),
+        ("PORT", "8000.5"),
+        ("SHUTDOWN_TIMEOUT", "0"),
+        ("SHUTDOWN_TIMEOUT", "inf"),
+    ],
+)
+def test_out_of_range_values_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Config.from_environ({variable: value})
