@@ -15,6 +15,10 @@ OWNED_FILES: dict[str, list[str]] = {
     "deploy_heroku": ["app.json"],
     "deploy_fly": ["fly.toml", "Dockerfile", ".dockerignore"],
     "deploy_render": ["render.yaml"],
+    "use_redis": [
+        "{{ cookiecutter.package_name }}/redis_broker.py",
+        "{{ cookiecutter.package_name }}/workers.py",
+    ],
 }
 
 

@@ -18,7 +18,7 @@ ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
 # Modules the generated project imports or runs: a package of the same
 # name would shadow them.
-DEPENDENCIES = frozenset({"websockets", "honcho", "pytest", "ruff", "conftest", "tests"})
+DEPENDENCIES = frozenset({"websockets", "redis", "honcho", "pytest", "ruff", "conftest", "tests"})
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13", "3.14")
 
@@ -83,6 +83,7 @@ RULES: dict[str, list[tuple[str, Callable[[object], bool]]]] = {
     "deploy_heroku": [("be true or false", lambda v: isinstance(v, bool))],
     "deploy_fly": [("be true or false", lambda v: isinstance(v, bool))],
     "deploy_render": [("be true or false", lambda v: isinstance(v, bool))],
+    "use_redis": [("be true or false", lambda v: isinstance(v, bool))],
     "fly_region": [(f"be a Fly.io region ({' '.join(FLY_REGIONS)})", lambda v: v in FLY_REGIONS)],
     "render_plan": [(f"be a Render plan ({', '.join(RENDER_PLANS)})", lambda v: v in RENDER_PLANS)],
     "render_region": [

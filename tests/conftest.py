@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -178,3 +179,103 @@ def running(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@dataclasses.dataclass
+class Started:
+    """A baked app (or its worker parent) started as a platform would."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def ws_url(self, path: str = "/ws") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def health(self) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: not within {timeout}s:\n{self.log}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def start_app(tmp_path: Path) -> Iterator[Callable[..., Started]]:
+    """Start ``python -m <package>`` of a baked project; kill leftovers after."""
+    with contextlib.ExitStack() as stack:
+
+        def start(project: Path, **env: str) -> Started:
+            package = next(p.parent.name for p in project.glob("*/__main__.py"))
+            port = int(env.pop("PORT", free_port()))
+            log = tmp_path / f"app-{port}.log"
+            command = [sys.executable, "-m", package]
+            environment = app_environment(PORT=str(port), **env)
+            process = stack.enter_context(running(command, project, environment, log))
+            wait_until_healthy(process, port, log)
+            return Started(process, port, log)
+
+        yield start
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, that tests may stop and restart."""
+
+    def __init__(self, executable: str, log: Path) -> None:
+        self.executable = executable
+        self.port = free_port()
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no",
+        ]  # fmt: skip
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not self.answers_ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16) == b"+PONG\r\n"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(require_tool("redis-server"), tmp_path / "redis.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

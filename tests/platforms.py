@@ -21,6 +21,7 @@ import yaml
 from honcho.environ import parse_procfile
 
 HEROKU_GRACE_SECONDS = 30  # SIGKILL 30 s after SIGTERM
+HEROKU_WEB_CONCURRENCY = "2"  # what Heroku sets on Basic and Standard-1X dynos
 RENDER_DEFAULT_PORT = 10000
 RENDER_DEFAULT_SHUTDOWN_DELAY = 30
 
@@ -88,9 +89,16 @@ def fly_config(project: Path) -> dict[str, Any]:
     return tomllib.loads((project / "fly.toml").read_text())
 
 
+def render_services(project: Path) -> dict[str, dict[str, Any]]:
+    """The Blueprint's services, by type."""
+    services = yaml.safe_load((project / "render.yaml").read_text())["services"]
+    by_type = {service["type"]: service for service in services}
+    assert len(by_type) == len(services), "one service of each type"
+    return by_type
+
+
 def render_service(project: Path) -> dict[str, Any]:
-    (service,) = yaml.safe_load((project / "render.yaml").read_text())["services"]
-    return service
+    return render_services(project)["web"]
 
 
 def app_json(project: Path) -> dict[str, Any]:
@@ -102,7 +110,7 @@ def heroku(project: Path, port: int) -> Launch:
     return Launch(
         platform="heroku",
         argv=["bash", "-c", procfile_web(project)],
-        env={**config_vars, "PORT": str(port)},
+        env={**config_vars, "PORT": str(port), "WEB_CONCURRENCY": HEROKU_WEB_CONCURRENCY},
         health=None,
         kill_signal=signal.SIGTERM,
         grace_seconds=HEROKU_GRACE_SECONDS,

@@ -98,11 +98,12 @@ def test_cookiecutter_refuses_a_value_outside_the_declared_kind(
     assert list(tmp_path.iterdir()) == []
 
 
-#: The files each platform flag owns: present when it is on, absent when off.
-PLATFORM_FILES = {
+#: The files each flag owns: present when it is on, absent when off.
+OPTION_FILES = {
     "deploy_heroku": {"app.json"},
     "deploy_fly": {"fly.toml", "Dockerfile", ".dockerignore"},
     "deploy_render": {"render.yaml"},
+    "use_redis": {"my_websocket_app/redis_broker.py", "my_websocket_app/workers.py"},
 }
 
 
@@ -113,22 +114,22 @@ def relative_files(project: Path) -> set[str]:
 @pytest.mark.parametrize(
     "flags",
     [
-        dict(zip(PLATFORM_FILES, combo, strict=True))
-        for combo in itertools.product([True, False], repeat=3)
+        dict(zip(OPTION_FILES, combo, strict=True))
+        for combo in itertools.product([True, False], repeat=len(OPTION_FILES))
     ],
     ids=lambda flags: "+".join(k.removeprefix("deploy_") for k, v in flags.items() if v) or "none",
 )
-def test_each_flag_combination_renders_exactly_the_selected_platforms_files(
+def test_each_flag_combination_renders_exactly_the_selected_files(
     bake: Callable[..., Path], flags: dict[str, bool]
 ) -> None:
     everything = relative_files(bake())
     selected = relative_files(bake(**flags))
-    unselected = set().union(*(PLATFORM_FILES[f] for f, on in flags.items() if not on))
+    unselected = set().union(*(OPTION_FILES[f] for f, on in flags.items() if not on))
     assert selected == everything - unselected
 
 
-def test_the_default_answers_select_every_platform_file(default_project: Path) -> None:
-    everything = set().union(*PLATFORM_FILES.values())
+def test_the_default_answers_select_every_optional_file(default_project: Path) -> None:
+    everything = set().union(*OPTION_FILES.values())
     assert everything <= relative_files(default_project)
 
 

@@ -238,13 +238,21 @@ def wait_until_listening(process: subprocess.Popen[bytes], port: int, log: Path)
 CLIENTS = 5
 
 
+@pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "no-redis"])
 @pytest.mark.parametrize("platform", ["heroku", "fly", "render"])
 def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
-    default_project: Path, tmp_path: Path, platform: str
+    bake: Callable[..., Path],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    platform: str,
+    use_redis: bool,
 ) -> None:
-    launch = launch_for(platform, default_project)
+    project = bake(use_redis=use_redis)
+    launch = launch_for(platform, project)
+    if use_redis:  # the platform's Redis add-on or service sets REDIS_URL
+        launch.env["REDIS_URL"] = request.getfixturevalue("redis_server").url
     log = tmp_path / f"{platform}.log"
-    with running(launch.argv, default_project, app_environment(**launch.env), log) as process:
+    with running(launch.argv, project, app_environment(**launch.env), log) as process:
         if launch.health is None:
             wait_until_listening(process, launch.port, log)
         else:

@@ -46,9 +46,13 @@ def test_dev_requirements_pin_what_the_generated_project_pins() -> None:
 
 
 def copy_of_the_template(destination: Path) -> Path:
-    """What a fresh clone holds: tracked files only, no venv, no build output."""
+    """The working tree as a clone would hold it: no venv, no build output."""
     tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=TEMPLATE, capture_output=True, text=True, check=True
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=TEMPLATE,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, tracked):
         if (TEMPLATE / name).is_file():

@@ -10,7 +10,7 @@ from conftest import App
 
 def test_healthz_answers_200_with_a_short_body(app: App) -> None:
     status, body = app.request("GET", "/healthz")
-    assert (status, body) == (200, b"ok\n")
+    assert (status, body) == (200, b"ok\nbroker: local\n")
 
 
 def test_head_healthz_answers_200_without_a_body(app: App) -> None:

@@ -12,6 +12,11 @@ import sys
 
 from .config import Config, ConfigError
 from .server import run
+{%- if cookiecutter.use_redis %}
+from .workers import supervise
+{%- endif %}
+
+logger = logging.getLogger(__package__)
 
 
 def main() -> int:
@@ -20,15 +25,25 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    worker = "" if config.worker_id is None else f"worker {config.worker_id} "
     logging.basicConfig(
         stream=sys.stdout,
         level=config.log_level,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=f"%(levelname)s {worker}%(name)s: %(message)s",
     )
+    if config.web_concurrency > 1 and config.worker_id is None:
+{%- if cookiecutter.use_redis %}
+        if config.redis_url is not None:
+            return supervise(config)
+{%- endif %}
+        logger.info(
+            "WEB_CONCURRENCY=%d ignored: rooms are process-local, so one process "
+            "serves them all{% if cookiecutter.use_redis %} (set REDIS_URL to run several workers){% endif %}",
+            config.web_concurrency,
+        )
     try:
         asyncio.run(run(config))
     except OSError as exc:
-        logger = logging.getLogger(__package__)
         logger.critical("cannot listen on port %d: %s", config.port, exc)
         return 1
     return 0

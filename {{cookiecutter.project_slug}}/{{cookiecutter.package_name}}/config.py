@@ -10,10 +10,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+{%- if cookiecutter.use_redis %}
+from urllib.parse import urlsplit
+{%- endif %}
 
 __all__ = ["Config", "ConfigError"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+{%- if cookiecutter.use_redis %}
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+SSL_CERT_REQS = ("required", "optional", "none")
+{%- endif %}
 
 
 class ConfigError(ValueError):
@@ -34,6 +41,17 @@ class Config:
     #: Seconds allowed for closing connections after SIGTERM or SIGINT.
     #: Heroku sends SIGKILL 30 s after SIGTERM: stay well below that.
     shutdown_timeout: float
+    #: Worker processes wanted on this machine; Heroku sets it per dyno size.
+    web_concurrency: int
+    #: Set by the parent process in each worker it starts; ``None`` otherwise.
+    worker_id: int | None
+{%- if cookiecutter.use_redis %}
+    #: Redis shared by every process; ``None`` keeps rooms process-local.
+    redis_url: str | None
+    #: Certificate check for ``rediss://`` URLs. Heroku's Key-Value Store
+    #: uses self-signed certificates and needs "none".
+    redis_ssl_cert_reqs: str
+{%- endif %}
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -43,6 +61,18 @@ class Config:
             port=_read_int(environ, "PORT", default=8000, low=1, high=65535),
             log_level=_read_choice(environ, "LOG_LEVEL", "INFO", LOG_LEVELS),
             shutdown_timeout=_read_seconds(environ, "SHUTDOWN_TIMEOUT", 20.0),
+            web_concurrency=_read_int(
+                environ, "WEB_CONCURRENCY", default=1, low=1, high=64
+            ),
+            # 0, the default, means "not a worker".
+            worker_id=_read_int(environ, "WORKER_ID", default=0, low=0, high=64)
+            or None,
+{%- if cookiecutter.use_redis %}
+            redis_url=_read_redis_url(environ, "REDIS_URL"),
+            redis_ssl_cert_reqs=_read_choice(
+                environ, "REDIS_SSL_CERT_REQS", "required", SSL_CERT_REQS, upper=False
+            ),
+{%- endif %}
         )
 
 
@@ -62,14 +92,20 @@ def _read_int(
 
 
 def _read_choice(
-    environ: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]
+    environ: Mapping[str, str],
+    name: str,
+    default: str,
+    choices: tuple[str, ...],
+    *,
+    upper: bool = True,
 ) -> str:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if raw.upper() not in choices:
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
         raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
-    return raw.upper()
+    return value
 
 
 def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -83,3 +119,22 @@ def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> floa
     if not 0 < value < float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a positive number of seconds")
     return value
+{%- if cookiecutter.use_redis %}
+
+
+def _read_redis_url(environ: Mapping[str, str], name: str) -> str | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        raise ConfigError(f"{name} must start with one of {schemes}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"{name} names no host")
+    return raw
+{%- endif %}

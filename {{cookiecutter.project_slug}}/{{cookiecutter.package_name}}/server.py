@@ -11,16 +11,22 @@ return, for at most ``SHUTDOWN_TIMEOUT`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 
 from websockets.asyncio.server import serve
 
-from . import rooms
+from .broker import Broker
 from .config import Config
+{%- if cookiecutter.use_redis %}
+from .redis_broker import RedisBroker
+{%- endif %}
+from .rooms import ChatRooms
 from .routes import Routes
 
-__all__ = ["SHUTDOWN_SIGNALS", "run"]
+__all__ = ["SHUTDOWN_SIGNALS", "create_broker", "raise_open_files_limit", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +35,23 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 async def run(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    routes = Routes(is_websocket_path=rooms.accepts)
+    raise_open_files_limit()
+    broker = create_broker(config)
+    rooms = ChatRooms(broker)
+    routes = Routes(rooms.accepts, broker, config.worker_id)
     server = await serve(
         rooms.handler,
         config.host,
         config.port,
         process_request=routes.process_request,
+        process_response=routes.process_response,
         # Per-message deflate costs about 50 KiB per connection; chat
         # messages are too short to gain from it.
         compression=None,
+        # Workers share the port; the kernel spreads connections among them.
+        reuse_port=config.worker_id is not None,
     )
+    broker_task = asyncio.create_task(broker.run())
 
     received = await wait_for_signal(SHUTDOWN_SIGNALS)
     logger.info(
@@ -59,6 +72,39 @@ async def run(config: Config) -> None:
             connection.transport.abort()
     else:
         logger.info("all connections closed: exiting")
+    broker_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await broker_task
+    await broker.close()
+
+
+def create_broker(config: Config) -> Broker:
+    """Share rooms through Redis when configured, else keep them local."""
+{%- if cookiecutter.use_redis %}
+    if config.redis_url is not None:
+        return RedisBroker(
+            config.redis_url,
+            channel_prefix=f"{__package__}:room:",
+            ssl_cert_reqs=config.redis_ssl_cert_reqs,
+        )
+{%- endif %}
+    return Broker()
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; return it.
+
+    Each connection holds a file descriptor, and a common soft limit of 1024
+    would cap the process at about a thousand clients.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    unlimited = soft == resource.RLIM_INFINITY
+    logger.info("open files limit: %s", "unlimited" if unlimited else soft)
+    return soft
 
 
 async def wait_for_signal(signals: tuple[signal.Signals, ...]) -> signal.Signals:

@@ -1,0 +1,268 @@
+"""Rooms shared across processes through a real redis-server, and worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import ClientConnection, connect
+
+import platforms
+from conftest import (
+    RedisServer,
+    Started,
+    app_environment,
+    free_port,
+    running,
+    wait_until_healthy,
+)
+
+BURST = 1000
+
+
+@pytest.fixture(scope="module")
+def project(bake: Callable[..., Path]) -> Path:
+    return bake(use_redis=True)
+
+
+def wait_until_broker(app: Started, state: str, timeout: float = 10) -> None:
+    app.wait_for(lambda: f"broker: {state}" in app.health()[1], f"broker {state}", timeout)
+
+
+@pytest.fixture
+def pair(
+    project: Path, start_app: Callable[..., Started], redis_server: RedisServer
+) -> tuple[Started, Started]:
+    """Two app processes sharing one Redis, as two dynos or machines would."""
+    apps = (
+        start_app(project, REDIS_URL=redis_server.url),
+        start_app(project, REDIS_URL=redis_server.url),
+    )
+    for app in apps:
+        wait_until_broker(app, "connected")
+    return apps
+
+
+def test_a_burst_crosses_processes_exactly_once_and_in_order(
+    pair: tuple[Started, Started],
+) -> None:
+    a, b = pair
+    sent = [f"message {i}" for i in range(BURST)]
+    with connect(a.ws_url("/ws/burst")) as on_a, connect(b.ws_url("/ws/burst")) as on_b:
+        for message in sent:
+            on_b.send(message)
+        assert [on_a.recv(timeout=10) for _ in sent] == sent
+        assert [on_b.recv(timeout=10) for _ in sent] == sent  # the sender too
+        for client in (on_a, on_b):
+            with pytest.raises(TimeoutError):  # and nothing twice
+                client.recv(timeout=0.5)
+
+
+def test_a_shared_room_stays_apart_from_other_rooms(pair: tuple[Started, Started]) -> None:
+    a, b = pair
+    with connect(a.ws_url("/ws/one")) as on_a, connect(b.ws_url("/ws/two")) as on_b:
+        on_b.send("for room two")
+        assert on_b.recv(timeout=5) == "for room two"
+        with pytest.raises(TimeoutError):
+            on_a.recv(timeout=0.5)
+
+
+def exchange_locally(app: Started, text: str) -> None:
+    with connect(app.ws_url("/ws/local")) as sender, connect(app.ws_url("/ws/local")) as peer:
+        sender.send(text)
+        assert peer.recv(timeout=5) == text
+        assert sender.recv(timeout=5) == text
+
+
+def first_crossing(sender: ClientConnection, receiver: ClientConnection, timeout: float) -> float:
+    """Send probes until one arrives on the other process; return how long it took."""
+    started = time.monotonic()
+    for attempt in range(int(timeout / 0.1)):
+        sender.send(f"probe {attempt}")
+        with contextlib.suppress(TimeoutError):
+            if receiver.recv(timeout=0.1).startswith("probe"):
+                return time.monotonic() - started
+    pytest.fail(f"no message crossed processes within {timeout}s")
+
+
+def test_losing_redis_keeps_local_delivery_and_recovers_on_its_own(
+    pair: tuple[Started, Started], redis_server: RedisServer
+) -> None:
+    a, b = pair
+    redis_server.stop()
+    for app in pair:
+        wait_until_broker(app, "disconnected")
+        assert app.health()[0] == 200  # a Redis blip must not fail health checks
+        exchange_locally(app, "still here")
+        assert app.process.poll() is None
+
+    redis_server.start()
+    with connect(a.ws_url("/ws/probe")) as on_a, connect(b.ws_url("/ws/probe")) as on_b:
+        assert first_crossing(on_b, on_a, timeout=5) < 5
+    for app in pair:
+        assert app.log.count("broker lost Redis") == 1, app.log
+        assert app.log.count("broker connected to Redis") == 2, app.log
+
+
+def test_without_redis_url_rooms_are_local_and_it_says_so_once(
+    project: Path, start_app: Callable[..., Started]
+) -> None:
+    app = start_app(project)
+    assert app.health() == (200, "ok\nbroker: local\n")
+    exchange_locally(app, "alone")
+    assert app.log.count("rooms are process-local") == 1
+
+
+def test_startup_raises_the_open_files_soft_limit_to_the_hard_limit(
+    project: Path, tmp_path: Path
+) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    port = free_port()
+    log = tmp_path / "app.log"
+    command = ["bash", "-c", f"ulimit -Sn 256 && exec {sys.executable} -m {package}"]
+    with running(command, project, app_environment(PORT=str(port)), log) as process:
+        wait_until_healthy(process, port, log)
+    expected = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    assert f"open files limit: {expected}" in log.read_text()
+
+
+# --- WEB_CONCURRENCY: workers on one port ------------------------------------
+
+
+def worker_of(client: ClientConnection) -> str:
+    return client.response.headers["X-Worker"]
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+@pytest.fixture
+def workers(project: Path, start_app: Callable[..., Started], redis_server: RedisServer) -> Started:
+    parent = start_app(project, REDIS_URL=redis_server.url, WEB_CONCURRENCY="2")
+    parent.wait_for(lambda: len(child_pids(parent.process.pid)) == 2, "two workers")
+    parent.wait_for(lambda: parent.log.count("broker connected") == 2, "both brokers")
+    return parent
+
+
+def one_client_per_worker(
+    parent: Started, stack: contextlib.ExitStack
+) -> dict[str, ClientConnection]:
+    """Connect until both workers hold a client; the kernel picks the worker."""
+    clients: dict[str, ClientConnection] = {}
+    for _ in range(64):
+        client = stack.enter_context(connect(parent.ws_url("/ws/spread")))
+        clients.setdefault(worker_of(client), client)
+        if len(clients) == 2:
+            return clients
+    pytest.fail(f"64 connections all landed on worker {list(clients)}")
+
+
+def test_workers_share_the_port_and_the_rooms(workers: Started) -> None:
+    with contextlib.ExitStack() as stack:
+        clients = one_client_per_worker(workers, stack)
+        assert sorted(clients) == ["1", "2"]
+        clients["1"].send("from worker 1")
+        assert clients["2"].recv(timeout=5) == "from worker 1"
+
+
+def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(workers: Started) -> None:
+    with contextlib.ExitStack() as stack:
+        clients = one_client_per_worker(workers, stack)
+        workers.process.send_signal(signal.SIGTERM)
+        for client in clients.values():
+            with pytest.raises(ConnectionClosedOK):
+                client.recv(timeout=10)
+            assert client.close_code == 1001
+        assert workers.process.wait(timeout=30) == 0
+    assert "ERROR" not in workers.log
+
+
+def test_a_worker_killed_makes_the_parent_stop_the_others_and_fail(workers: Started) -> None:
+    first, second = child_pids(workers.process.pid)
+    os.kill(first, signal.SIGKILL)
+    assert workers.process.wait(timeout=30) != 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)
+    assert "exited with -9: stopping the others" in workers.log
+
+
+def test_web_concurrency_without_redis_runs_one_process_and_says_why(
+    project: Path, start_app: Callable[..., Started]
+) -> None:
+    app = start_app(project, WEB_CONCURRENCY="3")
+    assert child_pids(app.process.pid) == []
+    assert "WEB_CONCURRENCY=3 ignored: rooms are process-local" in app.log
+    app.process.send_signal(signal.SIGTERM)
+    assert app.process.wait(timeout=10) == 0
+
+
+def test_a_malformed_redis_url_stops_startup_naming_the_variable(project: Path) -> None:
+    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    result = subprocess.run(
+        [sys.executable, "-m", package],
+        cwd=project,
+        env=app_environment(REDIS_URL="http://example.invalid"),
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: REDIS_URL must start with one of redis://, rediss://, unix://"
+    ]
+
+
+# --- Platform wiring ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_redis", [True, False])
+def test_only_a_redis_project_depends_on_redis(bake: Callable[..., Path], use_redis: bool) -> None:
+    requirements = (bake(use_redis=use_redis) / "requirements.txt").read_text()
+    assert ("redis==" in requirements) is use_redis
+
+
+@pytest.mark.parametrize("use_redis", [True, False])
+def test_heroku_button_adds_the_key_value_store_add_on(
+    bake: Callable[..., Path], use_redis: bool
+) -> None:
+    app = platforms.app_json(bake(use_redis=use_redis))
+    plans = [addon["plan"] for addon in app.get("addons", [])]
+    assert plans == (["heroku-redis:mini"] if use_redis else [])
+    # Heroku's Key-Value Store presents a self-signed certificate.
+    assert (app["env"].get("REDIS_SSL_CERT_REQS", {}).get("value") == "none") is use_redis
+
+
+def test_render_feeds_its_key_value_service_into_redis_url(
+    bake: Callable[..., Path],
+) -> None:
+    services = platforms.render_services(bake(use_redis=True))
+    store = services["keyvalue"]
+    assert store["ipAllowList"] == []  # no access from outside the account
+    (redis_url,) = [var for var in services["web"]["envVars"] if var["key"] == "REDIS_URL"]
+    assert redis_url["fromService"] == {
+        "type": "keyvalue",
+        "name": store["name"],
+        "property": "connectionString",
+    }
+
+
+def test_render_without_redis_has_only_the_web_service(bake: Callable[..., Path]) -> None:
+    assert list(platforms.render_services(bake(use_redis=False))) == ["web"]
+
+
+def test_the_readme_tells_how_to_give_fly_a_redis(bake: Callable[..., Path]) -> None:
+    readme = (bake(use_redis=True) / "README.md").read_text()
+    assert "fly redis create" in readme
+    assert "fly secrets set REDIS_URL=" in readme
