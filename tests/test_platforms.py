@@ -25,7 +25,8 @@ def app_setting(project: Path, expression: str, env: dict[str, str]) -> str:
     """Evaluate ``expression`` inside the baked package, with ``env`` as its environment."""
     package = next(p.parent.name for p in project.glob("*/__main__.py"))
     code = (
-        f"from {package}.config import Config\nfrom {package}.routes import HEALTH_PATH\n"
+        f"from {package}.config import Config\n"
+        f"from {package}.routes import HEALTH_PATH, METRICS_PATH\n"
         f"config = Config.from_environ({env!r})\nprint({expression})"
     )
     result = subprocess.run(
@@ -278,9 +279,15 @@ def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
                 with pytest.raises(ConnectionClosedOK):
                     client.recv(timeout=launch.grace_seconds)
                 assert client.close_code == 1001
-            assert process.wait(timeout=launch.grace_seconds) == 0
+            assert process.wait(timeout=launch.grace_seconds) == 0, log.read_text()
             assert time.monotonic() - started < launch.grace_seconds
 
     output = log.read_text()
     assert "ERROR" not in output and "Traceback" not in output, output
     assert f"received {launch.kill_signal.name}" in output
+
+
+def test_fly_scrapes_the_metrics_the_app_serves(default_project: Path) -> None:
+    config = platforms.fly_config(default_project)
+    served = app_setting(default_project, "METRICS_PATH", {})
+    assert config["metrics"] == {"port": config["http_service"]["internal_port"], "path": served}

@@ -266,3 +266,20 @@ def test_the_readme_tells_how_to_give_fly_a_redis(bake: Callable[..., Path]) -> 
     readme = (bake(use_redis=True) / "README.md").read_text()
     assert "fly redis create" in readme
     assert "fly secrets set REDIS_URL=" in readme
+
+
+def test_sigterm_while_workers_are_starting_still_exits_0(
+    project: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # Heroku may stop a dyno that is still booting: a worker that has not
+    # installed its handlers yet must still shut down gracefully.
+    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    env = app_environment(PORT=str(free_port()), REDIS_URL=redis_server.url, WEB_CONCURRENCY="2")
+    log = tmp_path / "app.log"
+    with running([sys.executable, "-m", package], project, env, log) as process:
+        deadline = time.monotonic() + 10
+        while "started 2 workers" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()

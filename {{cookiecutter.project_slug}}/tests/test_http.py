@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from collections.abc import Callable
 
 from conftest import App
 
@@ -21,6 +22,18 @@ def test_head_healthz_answers_200_without_a_body(app: App) -> None:
 def test_healthz_rejects_other_methods_with_405(app: App) -> None:
     status, _ = app.request("POST", "/healthz")
     assert status == 405
+
+
+def test_the_page_is_served_at_the_root(app: App) -> None:
+    status, body = app.request("GET", "/")
+    assert status == 200
+    assert body.startswith(b"<!doctype html>")
+    assert b"new WebSocket(" in body
+
+
+def test_the_page_can_be_switched_off(start_app: Callable[..., App]) -> None:
+    app = start_app(SERVE_PAGE="off")
+    assert app.request("GET", "/")[0] == 404
 
 
 def test_unknown_path_answers_404(app: App) -> None:

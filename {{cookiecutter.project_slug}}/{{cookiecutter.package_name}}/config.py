@@ -45,6 +45,10 @@ class Config:
     web_concurrency: int
     #: Set by the parent process in each worker it starts; ``None`` otherwise.
     worker_id: int | None
+    #: Serve the demo page at ``/``.
+    serve_page: bool
+    #: Serve Prometheus metrics at ``/metrics``.
+    serve_metrics: bool
 {%- if cookiecutter.use_redis %}
     #: Redis shared by every process; ``None`` keeps rooms process-local.
     redis_url: str | None
@@ -67,6 +71,8 @@ class Config:
             # 0, the default, means "not a worker".
             worker_id=_read_int(environ, "WORKER_ID", default=0, low=0, high=64)
             or None,
+            serve_page=_read_bool(environ, "SERVE_PAGE", default=True),
+            serve_metrics=_read_bool(environ, "SERVE_METRICS", default=True),
 {%- if cookiecutter.use_redis %}
             redis_url=_read_redis_url(environ, "REDIS_URL"),
             redis_ssl_cert_reqs=_read_choice(
@@ -106,6 +112,17 @@ def _read_choice(
     if value not in choices:
         raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
     return value
+
+
+def _read_bool(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be true or false")
 
 
 def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> float:

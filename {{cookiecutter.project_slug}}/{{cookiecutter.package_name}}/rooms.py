@@ -21,6 +21,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 
+from . import metrics
 from .broker import Broker
 
 __all__ = ["DEFAULT_ROOM", "ChatRooms", "room_for"]
@@ -61,6 +62,7 @@ class ChatRooms:
         try:
             async for message in connection:
                 if isinstance(message, str):
+                    metrics.MESSAGES_RECEIVED.inc()
                     await self.broker.publish(room, message)
                 else:
                     await connection.close(CloseCode.UNSUPPORTED_DATA, "text only")
@@ -76,4 +78,6 @@ class ChatRooms:
 
     def deliver(self, room: str, message: str) -> None:
         """Send a message of ``room`` to its members in this process."""
-        broadcast(self.members.get(room, ()), message)
+        members = self.members.get(room, ())
+        broadcast(members, message)
+        metrics.MESSAGES_DELIVERED.inc(len(members))

@@ -2,41 +2,67 @@
 
 websockets calls :meth:`Routes.process_request` for every request. Returning
 ``None`` lets the handshake go on; returning a response ends the connection
-after sending it. This is where platform plumbing lives (the health check),
-so the WebSocket handler never sees anything but WebSocket clients.
+after sending it. This is where platform plumbing lives (health check, page,
+metrics), so the WebSocket handler never sees anything but WebSocket clients.
 """
 
 from __future__ import annotations
 
 import http
 from collections.abc import Callable
+from importlib import resources
 from urllib.parse import urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from .broker import Broker
 
-__all__ = ["HEALTH_PATH", "WORKER_HEADER", "Routes"]
+__all__ = ["HEALTH_PATH", "METRICS_PATH", "PAGE_PATH", "WORKER_HEADER", "Routes"]
 
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+PAGE_PATH = "/"
 
 #: Response header naming the worker that answered, when there are several.
 WORKER_HEADER = "X-Worker"
 
+PAGE = resources.files(__package__).joinpath("page.html").read_bytes()
+PAGE_HEADERS = {
+    # The page's script and style are inline; it talks to this origin only.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline';"
+        " connect-src 'self'; frame-ancestors 'none'; base-uri 'none';"
+        " form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
 
 class Routes:
-    """Route requests to the health check, the WebSocket endpoint or 404."""
+    """Route requests to the health check, page, metrics, WebSocket or 404."""
 
     def __init__(
         self,
         is_websocket_path: Callable[[str], bool],
         broker: Broker,
+        *,
         worker_id: int | None = None,
+        serve_page: bool = True,
+        serve_metrics: bool = True,
     ) -> None:
         self.is_websocket_path = is_websocket_path
         self.broker = broker
         self.worker_id = worker_id
+        self.http_routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+            HEALTH_PATH: self.health
+        }
+        if serve_page:
+            self.http_routes[PAGE_PATH] = self.page
+        if serve_metrics:
+            self.http_routes[METRICS_PATH] = self.metrics
         #: Set when shutdown begins, so that load balancers which probe
         #: ``/healthz`` stop sending new clients to this process.
         self.shutting_down = False
@@ -45,8 +71,19 @@ class Routes:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         path = urlsplit(request.path).path
-        if path == HEALTH_PATH:
-            return self.health(connection, request)
+        route = self.http_routes.get(path)
+        if route is not None:
+            if request.method not in ("GET", "HEAD"):
+                response = connection.respond(
+                    http.HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n"
+                )
+                response.headers["Allow"] = "GET, HEAD"
+                return response
+            status, body, content_type = route()
+            response = respond(connection, status, body, content_type, request.method)
+            if path == PAGE_PATH:
+                response.headers.update(PAGE_HEADERS)
+            return response
         if self.is_websocket_path(path):
             return None  # websockets answers 405 or 426 to non-handshakes.
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
@@ -57,25 +94,40 @@ class Routes:
         if self.worker_id is not None:
             response.headers[WORKER_HEADER] = str(self.worker_id)
 
-    def health(self, connection: ServerConnection, request: Request) -> Response:
+    def health(self) -> tuple[int, bytes, str]:
         """Answer 200 while serving, 503 once shutting down.
 
         The broker's state is reported but never fails the check: a Redis
         outage must not make the platform restart every instance at once.
         """
-        if request.method not in ("GET", "HEAD"):
-            response = connection.respond(
-                http.HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n"
-            )
-            response.headers["Allow"] = "GET, HEAD"
-            return response
         if self.shutting_down:
             status, summary = http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down"
         else:
             status, summary = http.HTTPStatus.OK, "ok"
-        body = f"{summary}\nbroker: {self.broker.status}\n"
-        response = connection.respond(status, body)
-        if request.method == "HEAD":
-            # Content-Length stays that of the GET response, as HTTP requires.
-            response.body = b""
-        return response
+        body = f"{summary}\nbroker: {self.broker.status}\n".encode()
+        return status, body, "text/plain; charset=utf-8"
+
+    def page(self) -> tuple[int, bytes, str]:
+        """The demo page: a browser client for the rooms."""
+        return http.HTTPStatus.OK, PAGE, "text/html; charset=utf-8"
+
+    def metrics(self) -> tuple[int, bytes, str]:
+        """This process's metrics, in the Prometheus text format."""
+        return http.HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST
+
+
+def respond(
+    connection: ServerConnection,
+    status: int,
+    body: bytes,
+    content_type: str,
+    method: str,
+) -> Response:
+    """Build a response; for HEAD, keep the headers of GET but send no body."""
+    response = connection.respond(status, "")
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    response.headers["Content-Type"] = content_type
+    response.headers["Content-Length"] = str(len(body))
+    response.body = b"" if method == "HEAD" else body
+    return response

@@ -18,6 +18,7 @@ import signal
 
 from websockets.asyncio.server import serve
 
+from . import metrics
 from .broker import Broker
 from .config import Config
 {%- if cookiecutter.use_redis %}
@@ -38,19 +39,28 @@ async def run(config: Config) -> None:
     raise_open_files_limit()
     broker = create_broker(config)
     rooms = ChatRooms(broker)
-    routes = Routes(rooms.accepts, broker, config.worker_id)
+    routes = Routes(
+        rooms.accepts,
+        broker,
+        worker_id=config.worker_id,
+        serve_page=config.serve_page,
+        serve_metrics=config.serve_metrics,
+    )
     server = await serve(
-        rooms.handler,
+        metrics.count_connection(rooms.handler),
         config.host,
         config.port,
         process_request=routes.process_request,
         process_response=routes.process_response,
+        create_connection=metrics.MeteredConnection,
         # Per-message deflate costs about 50 KiB per connection; chat
         # messages are too short to gain from it.
         compression=None,
         # Workers share the port; the kernel spreads connections among them.
         reuse_port=config.worker_id is not None,
     )
+    metrics.CONNECTIONS_OPEN.set_function(lambda: len(server.connections))
+    metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
     broker_task = asyncio.create_task(broker.run())
 
     received = await wait_for_signal(SHUTDOWN_SIGNALS)
@@ -72,10 +82,19 @@ async def run(config: Config) -> None:
             connection.transport.abort()
     else:
         logger.info("all connections closed: exiting")
-    broker_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await broker_task
+    await cancel(broker_task)
     await broker.close()
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has ended.
+
+    Cancel again if needed: a cancellation landing while redis-py connects
+    can be swallowed (seen with redis 8.1), which would hang the shutdown.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1)
 
 
 def create_broker(config: Config) -> Broker:
@@ -122,4 +141,7 @@ async def wait_for_signal(signals: tuple[signal.Signals, ...]) -> signal.Signals
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    # Workers start with these signals blocked (see workers.py), so that one
+    # arriving during startup waits for the handlers instead of killing us.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     return await received

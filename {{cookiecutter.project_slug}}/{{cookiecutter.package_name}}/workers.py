@@ -37,6 +37,9 @@ def supervise(config: Config) -> int:
     return 1 when a worker died on its own, so that the platform restarts
     the whole dyno instead of running it short of workers.
     """
+    # Workers inherit this mask: a signal sent while one is still starting
+    # stays pending until it can shut down gracefully (server.py unblocks).
+    signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
     workers = {
         worker_id: subprocess.Popen(
             [sys.executable, "-m", __package__],
@@ -55,6 +58,7 @@ def supervise(config: Config) -> int:
 
     for signum in SHUTDOWN_SIGNALS:
         signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
 
     failed = False
     grace = config.shutdown_timeout + KILL_MARGIN

@@ -1,0 +1,81 @@
+"""/metrics: Prometheus text an autoscaler can read."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
+
+from conftest import App
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(app: App) -> Samples:
+    status, body = app.request("GET", "/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def value(app: App, name: str, **labels: str) -> float:
+    return scrape(app).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_open_connections_gauge_follows_clients(app: App) -> None:
+    assert value(app, "websocket_connections_open") == 0
+    with connect(app.ws_url("/ws/a")), connect(app.ws_url("/ws/b")):
+        assert value(app, "websocket_connections_open") == 2
+        assert value(app, "websocket_connections_opened_total") == 2
+    assert eventually(lambda: value(app, "websocket_connections_open") == 0)
+
+
+def test_closed_connections_are_counted_by_close_code(app: App) -> None:
+    with connect(app.ws_url()):
+        pass  # the client closes normally, with 1000
+    assert eventually(
+        lambda: value(app, "websocket_connections_closed_total", code="1000") == 1
+    )
+
+
+def test_messages_received_and_delivered_are_counted(app: App) -> None:
+    with connect(app.ws_url("/ws/m")) as alice, connect(app.ws_url("/ws/m")) as bob:
+        alice.send("hello")
+        assert bob.recv(timeout=5) == "hello"
+        assert alice.recv(timeout=5) == "hello"
+    assert value(app, "websocket_messages_received_total") == 1
+    assert value(app, "websocket_messages_delivered_total") == 2
+
+
+def test_health_checks_are_not_counted_as_connections(app: App) -> None:
+    for _ in range(3):
+        assert app.request("GET", "/healthz")[0] == 200
+    assert value(app, "websocket_connections_opened_total") == 0
+    assert scrape(app).get(("websocket_connections_closed_total", ())) is None
+
+
+def test_build_info_names_the_versions(app: App) -> None:
+    (labels,) = [
+        dict(labels) for name, labels in scrape(app) if name == "websocket_build_info"
+    ]
+    assert set(labels) == {"version", "websockets_version"}
+    assert labels["websockets_version"].startswith("17.")
+
+
+def test_metrics_can_be_switched_off(start_app: Callable[..., App]) -> None:
+    app = start_app(SERVE_METRICS="false")
+    assert app.request("GET", "/metrics")[0] == 404
