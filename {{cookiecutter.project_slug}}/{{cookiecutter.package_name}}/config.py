@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 {%- if cookiecutter.use_redis %}
 from urllib.parse import urlsplit
@@ -45,6 +46,18 @@ class Config:
     web_concurrency: int
     #: Set by the parent process in each worker it starts; ``None`` otherwise.
     worker_id: int | None
+    #: Largest message a client may send, in bytes (else close code 1009).
+    max_message_size: int
+    #: Open WebSocket connections per process (else HTTP 503).
+    max_connections: int
+    #: Seconds a client has to complete the opening handshake (slowloris).
+    open_timeout: float
+    #: Origins browsers may connect from; ``None`` accepts any.
+    allowed_origins: tuple[str, ...] | None
+    #: Messages per second a client may send, on average (else 1008).
+    max_messages_per_second: float
+    #: Bytes waiting to be sent to one client before it is dropped.
+    max_send_buffer: int
     #: Serve the demo page at ``/``.
     serve_page: bool
     #: Serve Prometheus metrics at ``/metrics``.
@@ -71,6 +84,20 @@ class Config:
             # 0, the default, means "not a worker".
             worker_id=_read_int(environ, "WORKER_ID", default=0, low=0, high=64)
             or None,
+            max_message_size=_read_int(
+                environ, "MAX_MESSAGE_SIZE", default=65536, low=1, high=2**30
+            ),
+            max_connections=_read_int(
+                environ, "MAX_CONNECTIONS", default=5000, low=1, high=10**6
+            ),
+            open_timeout=_read_seconds(environ, "OPEN_TIMEOUT", 10.0),
+            allowed_origins=_read_origins(environ, "ALLOWED_ORIGINS"),
+            max_messages_per_second=_read_seconds(
+                environ, "MAX_MESSAGES_PER_SECOND", 20.0
+            ),
+            max_send_buffer=_read_int(
+                environ, "MAX_SEND_BUFFER", default=2**20, low=1, high=2**30
+            ),
             serve_page=_read_bool(environ, "SERVE_PAGE", default=True),
             serve_metrics=_read_bool(environ, "SERVE_METRICS", default=True),
 {%- if cookiecutter.use_redis %}
@@ -126,16 +153,30 @@ def _read_bool(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
 
 
 def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Read a positive, finite number (of seconds, or per second)."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
     if not 0 < value < float("inf"):
-        raise ConfigError(f"{name}={raw!r} must be a positive number of seconds")
+        raise ConfigError(f"{name}={raw!r} must be a positive number")
     return value
+
+
+def _read_origins(environ: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(","))
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"{name} entry {origin!r} must look like https://example.com"
+            )
+    return origins
 {%- if cookiecutter.use_redis %}
 
 

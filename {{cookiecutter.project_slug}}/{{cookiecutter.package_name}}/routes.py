@@ -52,10 +52,12 @@ class Routes:
         worker_id: int | None = None,
         serve_page: bool = True,
         serve_metrics: bool = True,
+        max_connections: int | None = None,
     ) -> None:
         self.is_websocket_path = is_websocket_path
         self.broker = broker
         self.worker_id = worker_id
+        self.max_connections = max_connections
         self.http_routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
             HEALTH_PATH: self.health
         }
@@ -85,6 +87,13 @@ class Routes:
                 response.headers.update(PAGE_HEADERS)
             return response
         if self.is_websocket_path(path):
+            if (
+                self.max_connections is not None
+                and len(connection.server.connections) >= self.max_connections
+            ):
+                return connection.respond(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n"
+                )
             return None  # websockets answers 405 or 426 to non-handshakes.
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
 

@@ -18,7 +18,7 @@ import signal
 
 from websockets.asyncio.server import serve
 
-from . import metrics
+from . import limits, metrics
 from .broker import Broker
 from .config import Config
 {%- if cookiecutter.use_redis %}
@@ -45,14 +45,23 @@ async def run(config: Config) -> None:
         worker_id=config.worker_id,
         serve_page=config.serve_page,
         serve_metrics=config.serve_metrics,
+        max_connections=config.max_connections,
     )
+    origins: list[str | None] | None = None
+    if config.allowed_origins is not None:
+        # Browsers always send Origin; other clients may not. None lets the
+        # latter in: cross-site WebSocket hijacking needs a browser.
+        origins = [*config.allowed_origins, None]
     server = await serve(
         metrics.count_connection(rooms.handler),
         config.host,
         config.port,
         process_request=routes.process_request,
         process_response=routes.process_response,
-        create_connection=metrics.MeteredConnection,
+        create_connection=limits.rate_limited(config.max_messages_per_second),
+        max_size=config.max_message_size,
+        open_timeout=config.open_timeout,
+        origins=origins,
         # Per-message deflate costs about 50 KiB per connection; chat
         # messages are too short to gain from it.
         compression=None,
@@ -62,6 +71,9 @@ async def run(config: Config) -> None:
     metrics.CONNECTIONS_OPEN.set_function(lambda: len(server.connections))
     metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
     broker_task = asyncio.create_task(broker.run())
+    guard_task = asyncio.create_task(
+        limits.drop_slow_clients(server, config.max_send_buffer)
+    )
 
     received = await wait_for_signal(SHUTDOWN_SIGNALS)
     logger.info(
@@ -82,6 +94,7 @@ async def run(config: Config) -> None:
             connection.transport.abort()
     else:
         logger.info("all connections closed: exiting")
+    await cancel(guard_task)
     await cancel(broker_task)
     await broker.close()
 
