@@ -19,18 +19,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode
 from websockets.typing import Data
 
 from .metrics import MeteredConnection
 
-__all__ = ["RateLimitedConnection", "TokenBucket", "drop_slow_clients", "rate_limited"]
+__all__ = ["GuardedConnection", "TokenBucket", "guarded"]
 
 logger = logging.getLogger(__name__)
-
-#: How often to look for clients that stopped reading.
-SLOW_CLIENT_CHECK_INTERVAL = 0.5
 
 
 class TokenBucket:
@@ -52,8 +49,8 @@ class TokenBucket:
         return True
 
 
-class RateLimitedConnection(MeteredConnection):
-    """A connection that closes with 1008 a client sending too fast."""
+class GuardedConnection(MeteredConnection):
+    """A connection that closes clients sending too fast or reading too slowly."""
 
     def __init__(self, *args: Any, message_rate: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,24 +65,22 @@ class RateLimitedConnection(MeteredConnection):
             return await super().recv(decode)
         return message
 
+    def pause_writing(self) -> None:
+        """Drop a client that lets ``write_limit`` bytes pile up.
 
-def rate_limited(message_rate: float) -> Callable[..., ServerConnection]:
+        asyncio calls this as soon as the write buffer passes its high-water
+        mark, which ``serve(write_limit=...)`` sets.
+        ``broadcast()`` has no backpressure: without this, a client that
+        stops reading would accumulate every message sent to its room until
+        the ping timeout, 40 seconds later.
+        """
+        super().pause_writing()
+        backlog = self.transport.get_write_buffer_size()
+        logger.info("dropping %s: %d bytes unread", self.remote_address, backlog)
+        # Not from inside the write that called us: on the next loop turn.
+        asyncio.get_running_loop().call_soon(self.transport.abort)
+
+
+def guarded(message_rate: float) -> Callable[..., ServerConnection]:
     """A ``create_connection`` factory for ``serve()``."""
-    return functools.partial(RateLimitedConnection, message_rate=message_rate)
-
-
-async def drop_slow_clients(server: Server, max_buffer: int) -> None:
-    """Abort connections whose unsent data exceeds ``max_buffer`` bytes.
-
-    A client that doesn't read would otherwise accumulate every message
-    broadcast to its room until the ping timeout, 40 seconds later.
-    """
-    while True:
-        await asyncio.sleep(SLOW_CLIENT_CHECK_INTERVAL)
-        for connection in server.connections:
-            backlog = connection.transport.get_write_buffer_size()
-            if backlog > max_buffer:
-                logger.info(
-                    "dropping %s: %d bytes unread", connection.remote_address, backlog
-                )
-                connection.transport.abort()
+    return functools.partial(GuardedConnection, message_rate=message_rate)

@@ -82,7 +82,7 @@ class Routes:
                 response.headers["Allow"] = "GET, HEAD"
                 return response
             status, body, content_type = route()
-            response = respond(connection, status, body, content_type, request.method)
+            response = respond(connection, status, body, content_type)
             if path == PAGE_PATH:
                 response.headers.update(PAGE_HEADERS)
             return response
@@ -100,6 +100,10 @@ class Routes:
     def process_response(
         self, connection: ServerConnection, request: Request, response: Response
     ) -> None:
+        if request.method == "HEAD":
+            # Whoever built the response: HEAD gets the headers of GET,
+            # Content-Length included, and no body.
+            response.body = b""
         if self.worker_id is not None:
             response.headers[WORKER_HEADER] = str(self.worker_id)
 
@@ -126,17 +130,13 @@ class Routes:
 
 
 def respond(
-    connection: ServerConnection,
-    status: int,
-    body: bytes,
-    content_type: str,
-    method: str,
+    connection: ServerConnection, status: int, body: bytes, content_type: str
 ) -> Response:
-    """Build a response; for HEAD, keep the headers of GET but send no body."""
+    """Build a response with a body of any type."""
     response = connection.respond(status, "")
     del response.headers["Content-Type"]
     del response.headers["Content-Length"]
     response.headers["Content-Type"] = content_type
     response.headers["Content-Length"] = str(len(body))
-    response.body = b"" if method == "HEAD" else body
+    response.body = body
     return response

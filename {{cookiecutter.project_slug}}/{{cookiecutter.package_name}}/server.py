@@ -58,7 +58,8 @@ async def run(config: Config) -> None:
         config.port,
         process_request=routes.process_request,
         process_response=routes.process_response,
-        create_connection=limits.rate_limited(config.max_messages_per_second),
+        create_connection=limits.guarded(config.max_messages_per_second),
+        write_limit=config.max_send_buffer,
         max_size=config.max_message_size,
         open_timeout=config.open_timeout,
         origins=origins,
@@ -71,9 +72,6 @@ async def run(config: Config) -> None:
     metrics.CONNECTIONS_OPEN.set_function(lambda: len(server.connections))
     metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
     broker_task = asyncio.create_task(broker.run())
-    guard_task = asyncio.create_task(
-        limits.drop_slow_clients(server, config.max_send_buffer)
-    )
 
     received = await wait_for_signal(SHUTDOWN_SIGNALS)
     logger.info(
@@ -94,7 +92,6 @@ async def run(config: Config) -> None:
             connection.transport.abort()
     else:
         logger.info("all connections closed: exiting")
-    await cancel(guard_task)
     await cancel(broker_task)
     await broker.close()
 
@@ -142,15 +139,20 @@ def raise_open_files_limit() -> int:
 async def wait_for_signal(signals: tuple[signal.Signals, ...]) -> signal.Signals:
     """Return the first of ``signals`` received; ignore any that follow.
 
-    Heroku may send SIGTERM more than once: later ones must not restart or
-    interrupt the shutdown already under way.
+    Heroku may send SIGTERM more than once, and a worker gets both the
+    platform's signal and its parent's copy: later ones must not interrupt
+    the shutdown under way, even after the event loop is gone.
     """
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
 
     def on_signal(signum: signal.Signals) -> None:
-        if not received.done():
-            received.set_result(signum)
+        if received.done():  # two signals landed in the same loop turn
+            return
+        for ignored in signals:
+            loop.remove_signal_handler(ignored)
+            signal.signal(ignored, signal.SIG_IGN)
+        received.set_result(signum)
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)

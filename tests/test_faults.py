@@ -1,0 +1,85 @@
+"""Faults at scale: SIGTERM while 2,000 clients are connected and sending."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from conftest import Started
+
+CLIENTS = 2000
+ROOMS = 200
+
+
+@pytest.fixture
+def enough_file_descriptors() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = CLIENTS + 500
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.fail(f"this test needs {needed} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def chat_until_closed(client: ClientConnection, stop_sending: asyncio.Event) -> int | None:
+    """Send a message every 200 ms (well under the rate limit), read everything."""
+
+    async def send() -> None:
+        while not stop_sending.is_set():
+            await client.send("tick")
+            await asyncio.sleep(0.2)
+
+    sender = asyncio.create_task(send())
+    try:
+        async for _ in client:
+            pass
+    except ConnectionClosed:
+        pass
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    return client.close_code
+
+
+async def connect_all(url: str) -> list[ClientConnection]:
+    clients = []
+    for start in range(0, CLIENTS, 100):  # in waves, like a real reconnect storm
+        clients += await asyncio.gather(
+            *(
+                connect(f"{url}/ws/room{i % ROOMS}", compression=None, open_timeout=30)
+                for i in range(start, start + 100)
+            )
+        )
+    return clients
+
+
+@pytest.mark.usefixtures("enough_file_descriptors")
+def test_sigterm_with_2000_busy_clients_closes_each_with_1001_and_exits_0(
+    default_project: Path, start_app: Callable[..., Started]
+) -> None:
+    app = start_app(default_project, LOG_LEVEL="WARNING")
+
+    async def scenario() -> tuple[list[int | None], float]:
+        clients = await connect_all(f"ws://127.0.0.1:{app.port}")
+        stop_sending = asyncio.Event()
+        chats = [asyncio.create_task(chat_until_closed(c, stop_sending)) for c in clients]
+        await asyncio.sleep(1)  # everyone is talking
+        started = time.monotonic()
+        app.process.send_signal(signal.SIGTERM)
+        codes = await asyncio.wait_for(asyncio.gather(*chats), timeout=60)
+        return codes, time.monotonic() - started
+
+    codes, elapsed = asyncio.run(scenario())
+    assert codes == [1001] * CLIENTS
+    assert app.process.wait(timeout=30) == 0
+    assert elapsed < 20  # SHUTDOWN_TIMEOUT
+    errors = [line for line in app.log.splitlines() if line.startswith(("ERROR", "CRITICAL"))]
+    assert errors == [] and "Traceback" not in app.log, app.log[-3000:]
