@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import http.client
 import json
 import os
@@ -58,6 +59,12 @@ def option_variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         else:
             raise LookupError(f"cookiecutter.json variable {name!r} is not covered")
     return variants
+
+
+def package_of(project: Path) -> str:
+    """The name of a baked project's package: the one with a ``__main__``."""
+    (main,) = project.glob("*/__main__.py")
+    return main.parent.name
 
 
 def require_tool(name: str) -> str:
@@ -213,22 +220,22 @@ class Started:
             time.sleep(0.05)
 
 
+def launch_app(project: Path, log_dir: Path, stack: contextlib.ExitStack, **env: str) -> Started:
+    """Start ``python -m <package>`` until ``stack`` closes; wait until healthy."""
+    port = int(env.pop("PORT", free_port()))
+    log = log_dir / f"app-{port}.log"
+    command = [sys.executable, "-m", package_of(project)]
+    environment = app_environment(PORT=str(port), **env)
+    process = stack.enter_context(running(command, project, environment, log))
+    wait_until_healthy(process, port, log)
+    return Started(process, port, log)
+
+
 @pytest.fixture
 def start_app(tmp_path: Path) -> Iterator[Callable[..., Started]]:
-    """Start ``python -m <package>`` of a baked project; kill leftovers after."""
+    """Start apps of baked projects; kill leftovers after the test."""
     with contextlib.ExitStack() as stack:
-
-        def start(project: Path, **env: str) -> Started:
-            package = next(p.parent.name for p in project.glob("*/__main__.py"))
-            port = int(env.pop("PORT", free_port()))
-            log = tmp_path / f"app-{port}.log"
-            command = [sys.executable, "-m", package]
-            environment = app_environment(PORT=str(port), **env)
-            process = stack.enter_context(running(command, project, environment, log))
-            wait_until_healthy(process, port, log)
-            return Started(process, port, log)
-
-        yield start
+        yield functools.partial(launch_app, log_dir=tmp_path, stack=stack)
 
 
 class RedisServer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect
 
 import rawws
-from conftest import Started, app_environment, free_port, running, wait_until_healthy
+from conftest import Started, launch_app
 
 LIMITS = {
     "MAX_MESSAGE_SIZE": "1024",
@@ -33,23 +32,11 @@ LIMITS = {
 }
 
 
-def start(project: Path, log: Path, stack: contextlib.ExitStack, **env: str) -> Started:
-    package = next(p.parent.name for p in project.glob("*/__main__.py"))
-    port = free_port()
-    environment = app_environment(PORT=str(port), **env)
-    process = stack.enter_context(
-        running([sys.executable, "-m", package], project, environment, log)
-    )
-    wait_until_healthy(process, port, log)
-    return Started(process, port, log)
-
-
 @pytest.fixture(scope="module")
 def app(default_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
     """One app for the whole table: it must survive every case in turn."""
-    log = tmp_path_factory.mktemp("hostile") / "app.log"
     with contextlib.ExitStack() as stack:
-        yield start(default_project, log, stack, **LIMITS)
+        yield launch_app(default_project, tmp_path_factory.mktemp("hostile"), stack, **LIMITS)
 
 
 def assert_still_serving(app: Started) -> None:
@@ -275,9 +262,9 @@ def test_a_client_that_never_reads_is_dropped_before_memory_runs_away(
 ) -> None:
     max_send_buffer = 1024 * 1024
     with contextlib.ExitStack() as stack:
-        app = start(
+        app = launch_app(
             default_project,
-            tmp_path / "app.log",
+            tmp_path,
             stack,
             MAX_MESSAGE_SIZE="65536",
             MAX_MESSAGES_PER_SECOND="100000",

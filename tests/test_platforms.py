@@ -16,14 +16,21 @@ from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
 import platforms
-from conftest import app_environment, free_port, require_tool, running, wait_until_healthy
+from conftest import (
+    app_environment,
+    free_port,
+    package_of,
+    require_tool,
+    running,
+    wait_until_healthy,
+)
 
 PACKAGE_MANAGER_FILES = ("requirements.txt", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock")
 
 
 def app_setting(project: Path, expression: str, env: dict[str, str]) -> str:
     """Evaluate ``expression`` inside the baked package, with ``env`` as its environment."""
-    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    package = package_of(project)
     code = (
         f"from {package}.config import Config\n"
         f"from {package}.routes import HEALTH_PATH, METRICS_PATH\n"

@@ -22,6 +22,7 @@ from conftest import (
     Started,
     app_environment,
     free_port,
+    package_of,
     running,
     wait_until_healthy,
 )
@@ -126,7 +127,7 @@ def test_startup_raises_the_open_files_soft_limit_to_the_hard_limit(
     project: Path, tmp_path: Path
 ) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    package = package_of(project)
     port = free_port()
     log = tmp_path / "app.log"
     command = ["bash", "-c", f"ulimit -Sn 256 && exec {sys.executable} -m {package}"]
@@ -209,7 +210,7 @@ def test_web_concurrency_without_redis_runs_one_process_and_says_why(
 
 
 def test_a_malformed_redis_url_stops_startup_naming_the_variable(project: Path) -> None:
-    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    package = package_of(project)
     result = subprocess.run(
         [sys.executable, "-m", package],
         cwd=project,
@@ -273,7 +274,7 @@ def test_sigterm_while_workers_are_starting_still_exits_0(
 ) -> None:
     # Heroku may stop a dyno that is still booting: a worker that has not
     # installed its handlers yet must still shut down gracefully.
-    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    package = package_of(project)
     env = app_environment(PORT=str(free_port()), REDIS_URL=redis_server.url, WEB_CONCURRENCY="2")
     log = tmp_path / "app.log"
     with running([sys.executable, "-m", package], project, env, log) as process:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import SPEC, TEXT_SAMPLES, option_variants, require_tool
+from conftest import SPEC, TEXT_SAMPLES, option_variants, package_of, require_tool
 
 VARIANTS = option_variants(SPEC)
 
@@ -80,7 +80,7 @@ def test_ruff_finds_nothing_in_the_generated_code(project: Path) -> None:
 
 
 def test_the_package_imports_and_names_itself(project: Path) -> None:
-    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    package = package_of(project)
     result = subprocess.run(
         [sys.executable, "-c", f"import {package}; print({package}.__name__)"],
         cwd=project,
@@ -93,7 +93,7 @@ def test_the_package_imports_and_names_itself(project: Path) -> None:
 def test_procfile_starts_the_package_as_a_module(project: Path) -> None:
     from honcho.environ import parse_procfile
 
-    package = next(p.parent.name for p in project.glob("*/__main__.py"))
+    package = package_of(project)
     procfile = parse_procfile((project / "Procfile").read_text())
     assert procfile.processes == {"web": f"python -m {package}"}
 
