@@ -203,14 +203,17 @@ class Started:
     def ws_url(self, path: str = "/ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    def health(self) -> tuple[int, str]:
+    def get(self, path: str) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
-            conn.request("GET", "/healthz")
+            conn.request("GET", path)
             response = conn.getresponse()
             return response.status, response.read().decode()
         finally:
             conn.close()
+
+    def health(self) -> tuple[int, str]:
+        return self.get("/healthz")
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -272,8 +275,18 @@ class RedisServer:
         except OSError:
             return False
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it hangs without closing a connection."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
             self.process.kill()
             self.process.wait()
 

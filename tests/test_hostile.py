@@ -8,6 +8,7 @@ chats, and that nothing was logged at ERROR.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
@@ -18,6 +19,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect as asyncio_connect
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import rawws
@@ -295,3 +299,52 @@ def test_a_client_that_never_reads_is_dropped_before_memory_runs_away(
         sleeper.close()
     assert grown * 1024 < 16 * max_send_buffer, f"server grew by {grown} KiB"
     assert received < sent / 2  # cut off long before the end of the flood
+
+
+async def flood(url: str, count: int) -> int | None:
+    """Send ``count`` messages as fast as possible, reading what comes back."""
+    async with asyncio_connect(url) as flooder:
+
+        async def read() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for _ in flooder:
+                    pass
+
+        reader = asyncio.create_task(read())
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(count):
+                await flooder.send("m")
+        await reader
+    return flooder.close_code
+
+
+def test_a_flooding_client_gets_no_more_than_its_burst_through(app: Started) -> None:
+    with connect(app.ws_url("/ws/watched")) as observer:
+        # A client library that completes the closing handshake, and keeps
+        # sending while it does: nothing queued may get through then.
+        assert asyncio.run(flood(app.ws_url("/ws/watched"), 100)) == 1008
+        received = 0
+        with contextlib.suppress(TimeoutError):
+            while observer.recv(timeout=1):
+                received += 1
+    burst = 2 * float(LIMITS["MAX_MESSAGES_PER_SECOND"])
+    assert 1 <= received <= burst + 1
+
+
+def closed_with(app: Started, code: int) -> float:
+    status, body = app.get("/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "websocket_connections_closed_total" and sample.labels == {
+                "code": str(code)
+            }:
+                return sample.value
+    return 0.0
+
+
+def test_protocol_errors_are_counted_by_the_code_the_server_sent(app: Started) -> None:
+    before = closed_with(app, 1009)
+    # This client never answers the server's close frame.
+    assert frames(rawws.frame(0x1, b"x" * 2000))(app.port) == 1009
+    app.wait_for(lambda: closed_with(app, 1009) == before + 1, "1009 counted")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import ClientConnection, connect
 
@@ -114,6 +115,41 @@ def test_losing_redis_keeps_local_delivery_and_recovers_on_its_own(
         assert app.log.count("broker connected to Redis") == 2, app.log
 
 
+def test_a_hung_redis_is_noticed_and_recovery_follows_on_its_own(
+    pair: tuple[Started, Started], redis_server: RedisServer
+) -> None:
+    # A frozen Redis closes nothing: only the heartbeat can tell.
+    a, b = pair
+    redis_server.pause()
+    for app in pair:
+        wait_until_broker(app, "disconnected", timeout=15)
+        exchange_locally(app, "still here")
+    redis_server.resume()
+    for app in pair:
+        wait_until_broker(app, "connected", timeout=10)
+    with connect(a.ws_url("/ws/probe")) as on_a, connect(b.ws_url("/ws/probe")) as on_b:
+        assert first_crossing(on_b, on_a, timeout=5) < 5
+
+
+def test_refused_publishes_fall_back_locally_and_do_not_stick(
+    pair: tuple[Started, Started], redis_server: RedisServer
+) -> None:
+    # Redis refuses PUBLISH (as a managed Redis over its limits would) while
+    # connections stay up: delivery goes on locally, and once PUBLISH is
+    # allowed again, rooms span both processes again by themselves.
+    a, b = pair
+    admin = redis.Redis(port=redis_server.port)
+    admin.execute_command("ACL", "SETUSER", "default", "-publish")
+    try:
+        for app in pair:
+            exchange_locally(app, "local while publish is refused")
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+publish")
+        admin.close()
+    with connect(a.ws_url("/ws/probe")) as on_a, connect(b.ws_url("/ws/probe")) as on_b:
+        assert first_crossing(on_b, on_a, timeout=10) < 10
+
+
 def test_without_redis_url_rooms_are_local_and_it_says_so_once(
     project: Path, start_app: Callable[..., Started]
 ) -> None:
@@ -190,12 +226,15 @@ def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(workers: Started)
     assert "ERROR" not in workers.log
 
 
-def test_a_worker_killed_makes_the_parent_stop_the_others_and_fail(workers: Started) -> None:
-    first, second = child_pids(workers.process.pid)
-    os.kill(first, signal.SIGKILL)
+@pytest.mark.parametrize("victim", [0, 1], ids=["first worker", "second worker"])
+def test_a_worker_killed_makes_the_parent_stop_the_others_and_fail(
+    workers: Started, victim: int
+) -> None:
+    pids = child_pids(workers.process.pid)
+    os.kill(pids[victim], signal.SIGKILL)
     assert workers.process.wait(timeout=30) != 0
     with pytest.raises(ProcessLookupError):
-        os.kill(second, 0)
+        os.kill(pids[1 - victim], 0)
     assert "exited with -9: stopping the others" in workers.log
 
 

@@ -41,11 +41,7 @@ def main() -> int:
             "serves them all{% if cookiecutter.use_redis %} (set REDIS_URL to run several workers){% endif %}",
             config.web_concurrency,
         )
-    try:
-        asyncio.run(run(config))
-    except OSError as exc:
-        logger.critical("cannot listen on port %d: %s", config.port, exc)
-        return 1
+    asyncio.run(run(config))  # SystemExit(1) if it cannot listen
     return 0
 
 

@@ -54,25 +54,31 @@ class GuardedConnection(MeteredConnection):
 
     def __init__(self, *args: Any, message_rate: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bucket = TokenBucket(message_rate, burst=2 * message_rate)
+        self.bucket = TokenBucket(message_rate, burst=max(1.0, 2 * message_rate))
 
     async def recv(self, decode: bool | None = None) -> Data:  # type: ignore[override]
         message = await super().recv(decode)
         if not self.bucket.allow():
-            await self.close(CloseCode.POLICY_VIOLATION, "too many messages")
-            # Raises ConnectionClosedError, as recv() does on any closed
-            # connection, so handlers need nothing special for this case.
-            return await super().recv(decode)
+            # Fail the connection, as recv() does on invalid UTF-8: send 1008
+            # and hang up without waiting for an answer, which could be stuck
+            # behind the messages the client keeps sending. Then raise
+            # ConnectionClosedError, as recv() does on a closed connection:
+            # handlers need nothing special, and nothing queued gets through.
+            async with self.send_context():
+                self.protocol.fail(CloseCode.POLICY_VIOLATION, "too many messages")
+            await asyncio.shield(self.connection_lost_waiter)
+            raise self.close_exc
         return message
 
     def pause_writing(self) -> None:
         """Drop a client that lets ``write_limit`` bytes pile up.
 
         asyncio calls this as soon as the write buffer passes its high-water
-        mark, which ``serve(write_limit=...)`` sets.
-        ``broadcast()`` has no backpressure: without this, a client that
-        stops reading would accumulate every message sent to its room until
-        the ping timeout, 40 seconds later.
+        mark, which ``serve(write_limit=...)`` sets. ``broadcast()`` has no
+        backpressure: without this, a client that stops reading would
+        accumulate every message sent to its room until the ping timeout,
+        40 seconds later. This applies to ``send()`` too: a client that far
+        behind is dropped rather than throttled.
         """
         super().pause_writing()
         backlog = self.transport.get_write_buffer_size()

@@ -70,4 +70,18 @@ class MeteredConnection(ServerConnection):
         super().connection_lost(exc)
         # HTTP requests (health checks, 404s) never became WebSockets.
         if self.response is not None and self.response.status_code == 101:
-            CONNECTIONS_CLOSED.labels(code=str(self.close_code)).inc()
+            CONNECTIONS_CLOSED.labels(code=str(closing_code(self))).inc()
+
+
+def closing_code(connection: ServerConnection) -> int:
+    """The close code that ended the connection, whichever side chose it.
+
+    ``close_code`` is what the client sent; a client that broke the protocol
+    rarely answers the server's close frame, which would count as 1006.
+    """
+    received, sent = connection.protocol.close_rcvd, connection.protocol.close_sent
+    if received is not None:
+        return received.code
+    if sent is not None:
+        return sent.code
+    return 1006  # closed without a close frame either way

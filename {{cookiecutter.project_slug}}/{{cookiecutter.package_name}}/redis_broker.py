@@ -8,7 +8,9 @@ order its sender sent it, whichever process either of them is connected to.
 Redis going away must not take the web process down: while Redis is
 unreachable, messages are delivered within this process only, and the
 subscriber reconnects with capped, jittered backoff. Each change of state is
-logged once.
+logged once. A Redis that hangs, or a link that dies without a reset, is
+noticed by a heartbeat: every few seconds the process publishes to a channel
+of its own and expects to hear it back.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -34,6 +37,12 @@ logger = logging.getLogger(__name__)
 FIRST_RETRY_DELAY = 0.1
 LAST_RETRY_DELAY = 2.0
 
+#: Seconds a Redis command may take before Redis counts as unreachable.
+REDIS_TIMEOUT = 5.0
+#: Seconds between heartbeats; one not heard back within REDIS_TIMEOUT
+#: means the round trip through Redis is broken.
+HEARTBEAT_INTERVAL = 2.0
+
 FAILURES = (RedisError, OSError)
 
 
@@ -46,25 +55,38 @@ class RedisBroker(Broker):
         self.redis = redis.from_url(
             url,
             decode_responses=True,
-            # The subscriber loop below retries; a publish that fails falls
-            # back to local delivery at once rather than stalling the sender.
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=5,
+            # Retry once, at once: after Redis restarts, the first command on
+            # each pooled connection fails. Beyond that, a publish falls back
+            # to local delivery and the subscriber loop reconnects.
+            retry=Retry(NoBackoff(), 1),
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
             socket_keepalive=True,
-            health_check_interval=15,
             **options,
         )
-        self.channel_prefix = channel_prefix
+        self.rooms_prefix = f"{channel_prefix}room:"
+        self.heartbeat_channel = f"{channel_prefix}heartbeat:{uuid.uuid4().hex}"
         self.location = urlsplit(url).hostname or "unix socket"  # never the password
+        #: Set by the subscriber loop only: it alone knows whether messages
+        #: published to Redis come back to this process.
         self.status = "connecting"
+        self.publish_failing = False
 
     async def publish(self, topic: str, message: str) -> None:
         if self.status == "connected":
             try:
-                await self.redis.publish(self.channel_prefix + topic, message)
-                return
+                await self.redis.publish(self.rooms_prefix + topic, message)
             except FAILURES as exc:
-                self._lost(exc)
+                # This message only: deliver it here. If Redis is really gone,
+                # the subscriber notices and reports it.
+                if not self.publish_failing:
+                    self.publish_failing = True
+                    logger.warning(
+                        "publish to Redis failed (%s): delivering locally", exc
+                    )
+            else:
+                self.publish_failing = False
+                return
         self.deliver_locally(topic, message)
 
     async def run(self) -> None:
@@ -73,17 +95,41 @@ class RedisBroker(Broker):
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.psubscribe(self.channel_prefix + "*")
+                    await pubsub.psubscribe(self.rooms_prefix + "*")
+                    await pubsub.subscribe(self.heartbeat_channel)
                     self._found()
                     delay = FIRST_RETRY_DELAY
-                    async for event in pubsub.listen():
-                        if event["type"] == "pmessage":
-                            topic = event["channel"].removeprefix(self.channel_prefix)
-                            self.deliver_locally(topic, event["data"])
+                    await self._listen(pubsub)
             except FAILURES as exc:
                 self._lost(exc)
+            except Exception:
+                # A bug, say in a subscriber: log it, but keep fan-out alive.
+                logger.exception("broker failed: resubscribing")
+                self._lost(None)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, LAST_RETRY_DELAY)
+
+    async def _listen(self, pubsub: redis.client.PubSub) -> None:
+        """Deliver room messages until the heartbeat stops coming back."""
+        loop = asyncio.get_running_loop()
+        heard = next_beat = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_beat:
+                await self.redis.publish(self.heartbeat_channel, "")
+                next_beat = now + HEARTBEAT_INTERVAL
+            if now - heard > HEARTBEAT_INTERVAL + REDIS_TIMEOUT:
+                raise TimeoutError("heartbeat not heard back")
+            event = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=0.5
+            )
+            if event is None:
+                continue
+            if event["type"] == "pmessage":
+                topic = event["channel"].removeprefix(self.rooms_prefix)
+                self.deliver_locally(topic, event["data"])
+            elif event["channel"] == self.heartbeat_channel:
+                heard = loop.time()
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -96,7 +142,7 @@ class RedisBroker(Broker):
                 self.location,
             )
 
-    def _lost(self, exc: BaseException) -> None:
+    def _lost(self, exc: BaseException | None) -> None:
         if self.status != "disconnected":
             self.status = "disconnected"
             logger.warning(

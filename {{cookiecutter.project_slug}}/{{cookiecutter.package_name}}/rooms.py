@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
+from websockets.protocol import State
 
 from . import metrics
 from .broker import Broker
@@ -78,6 +79,6 @@ class ChatRooms:
 
     def deliver(self, room: str, message: str) -> None:
         """Send a message of ``room`` to its members in this process."""
-        members = self.members.get(room, ())
+        members = [c for c in self.members.get(room, ()) if c.state is State.OPEN]
         broadcast(members, message)
         metrics.MESSAGES_DELIVERED.inc(len(members))

@@ -16,7 +16,7 @@ import logging
 import resource
 import signal
 
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import Server, serve
 
 from . import limits, metrics
 from .broker import Broker
@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+#: Seconds allowed, after connections are closed, to release the broker.
+CLEANUP_TIMEOUT = 3.0
+
 
 async def run(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
@@ -47,28 +50,11 @@ async def run(config: Config) -> None:
         serve_metrics=config.serve_metrics,
         max_connections=config.max_connections,
     )
-    origins: list[str | None] | None = None
-    if config.allowed_origins is not None:
-        # Browsers always send Origin; other clients may not. None lets the
-        # latter in: cross-site WebSocket hijacking needs a browser.
-        origins = [*config.allowed_origins, None]
-    server = await serve(
-        metrics.count_connection(rooms.handler),
-        config.host,
-        config.port,
-        process_request=routes.process_request,
-        process_response=routes.process_response,
-        create_connection=limits.guarded(config.max_messages_per_second),
-        write_limit=config.max_send_buffer,
-        max_size=config.max_message_size,
-        open_timeout=config.open_timeout,
-        origins=origins,
-        # Per-message deflate costs about 50 KiB per connection; chat
-        # messages are too short to gain from it.
-        compression=None,
-        # Workers share the port; the kernel spreads connections among them.
-        reuse_port=config.worker_id is not None,
-    )
+    try:
+        server = await start_server(config, rooms, routes)
+    except OSError as exc:
+        logger.critical("cannot listen on port %d: %s", config.port, exc)
+        raise SystemExit(1) from None
     metrics.CONNECTIONS_OPEN.set_function(lambda: len(server.connections))
     metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
     broker_task = asyncio.create_task(broker.run())
@@ -93,18 +79,49 @@ async def run(config: Config) -> None:
     else:
         logger.info("all connections closed: exiting")
     await cancel(broker_task)
-    await broker.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            await broker.close()
+
+
+async def start_server(config: Config, rooms: ChatRooms, routes: Routes) -> Server:
+    """Listen, with the limits of the configuration."""
+    origins: list[str | None] | None = None
+    if config.allowed_origins is not None:
+        # Browsers always send Origin; other clients may not. None lets the
+        # latter in: cross-site WebSocket hijacking needs a browser.
+        origins = [*config.allowed_origins, None]
+    return await serve(
+        metrics.count_connection(rooms.handler),
+        config.host,
+        config.port,
+        process_request=routes.process_request,
+        process_response=routes.process_response,
+        create_connection=limits.guarded(config.max_messages_per_second),
+        write_limit=config.max_send_buffer,
+        max_size=config.max_message_size,
+        open_timeout=config.open_timeout,
+        origins=origins,
+        # Per-message deflate costs about 50 KiB per connection; chat
+        # messages are too short to gain from it.
+        compression=None,
+        # Workers share the port; the kernel spreads connections among them.
+        reuse_port=config.worker_id is not None,
+    )
 
 
 async def cancel(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait until it has ended.
+    """Cancel ``task`` and wait, a few seconds at most, until it has ended.
 
     Cancel again if needed: a cancellation landing while redis-py connects
     can be swallowed (seen with redis 8.1), which would hang the shutdown.
     """
-    while not task.done():
+    for _ in range(int(CLEANUP_TIMEOUT)):
+        if task.done():
+            return
         task.cancel()
         await asyncio.wait({task}, timeout=1)
+    logger.warning("%s did not stop: exiting anyway", task.get_coro())
 
 
 def create_broker(config: Config) -> Broker:
@@ -113,7 +130,7 @@ def create_broker(config: Config) -> Broker:
     if config.redis_url is not None:
         return RedisBroker(
             config.redis_url,
-            channel_prefix=f"{__package__}:room:",
+            channel_prefix=f"{__package__}:",
             ssl_cert_reqs=config.redis_ssl_cert_reqs,
         )
 {%- endif %}

@@ -63,7 +63,8 @@ def supervise(config: Config) -> int:
     failed = False
     grace = config.shutdown_timeout + KILL_MARGIN
     deadline: float | None = None
-    while any(worker.poll() is None for worker in workers.values()):
+    # A list, not any(): every worker must be polled to notice each death.
+    while [worker for worker in workers.values() if worker.poll() is None]:
         if not stop_requested:
             for worker_id, worker in workers.items():
                 if worker.returncode is not None:
