@@ -23,8 +23,8 @@ __all__ = [
     "CONNECTIONS_OPENED",
     "MESSAGES_DELIVERED",
     "MESSAGES_RECEIVED",
+    "ConnectionCounter",
     "MeteredConnection",
-    "count_connection",
 ]
 
 CONNECTIONS_OPEN = Gauge(
@@ -53,14 +53,25 @@ BUILD.info({"version": __version__, "websockets_version": version("websockets")}
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
 
-def count_connection(handler: Handler) -> Handler:
-    """Wrap a connection handler to count the connections it serves."""
+class ConnectionCounter:
+    """Count the WebSocket connections being served, cheaply enough to check
+    on every handshake (``Server.connections`` builds a new set each time)."""
 
-    async def counted(connection: ServerConnection) -> None:
-        CONNECTIONS_OPENED.inc()
-        await handler(connection)
+    def __init__(self) -> None:
+        self.open = 0
 
-    return counted
+    def wrap(self, handler: Handler) -> Handler:
+        """Wrap a connection handler to count the connections it serves."""
+
+        async def counted(connection: ServerConnection) -> None:
+            CONNECTIONS_OPENED.inc()
+            self.open += 1
+            try:
+                await handler(connection)
+            finally:
+                self.open -= 1
+
+        return counted
 
 
 class MeteredConnection(ServerConnection):

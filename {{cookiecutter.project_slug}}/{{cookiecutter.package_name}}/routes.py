@@ -53,11 +53,13 @@ class Routes:
         serve_page: bool = True,
         serve_metrics: bool = True,
         max_connections: int | None = None,
+        open_connections: Callable[[], int] = lambda: 0,
     ) -> None:
         self.is_websocket_path = is_websocket_path
         self.broker = broker
         self.worker_id = worker_id
         self.max_connections = max_connections
+        self.open_connections = open_connections
         self.http_routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
             HEALTH_PATH: self.health
         }
@@ -89,7 +91,7 @@ class Routes:
         if self.is_websocket_path(path):
             if (
                 self.max_connections is not None
-                and len(connection.server.connections) >= self.max_connections
+                and self.open_connections() >= self.max_connections
             ):
                 return connection.respond(
                     http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n"

@@ -21,6 +21,7 @@ from websockets.asyncio.server import Server, serve
 from . import limits, metrics
 from .broker import Broker
 from .config import Config
+from .metrics import Handler
 {%- if cookiecutter.use_redis %}
 from .redis_broker import RedisBroker
 {%- endif %}
@@ -42,6 +43,7 @@ async def run(config: Config) -> None:
     raise_open_files_limit()
     broker = create_broker(config)
     rooms = ChatRooms(broker)
+    counter = metrics.ConnectionCounter()
     routes = Routes(
         rooms.accepts,
         broker,
@@ -49,13 +51,14 @@ async def run(config: Config) -> None:
         serve_page=config.serve_page,
         serve_metrics=config.serve_metrics,
         max_connections=config.max_connections,
+        open_connections=lambda: counter.open,
     )
     try:
-        server = await start_server(config, rooms, routes)
+        server = await start_server(config, counter.wrap(rooms.handler), routes)
     except OSError as exc:
         logger.critical("cannot listen on port %d: %s", config.port, exc)
         raise SystemExit(1) from None
-    metrics.CONNECTIONS_OPEN.set_function(lambda: len(server.connections))
+    metrics.CONNECTIONS_OPEN.set_function(lambda: counter.open)
     metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
     broker_task = asyncio.create_task(broker.run())
 
@@ -84,7 +87,7 @@ async def run(config: Config) -> None:
             await broker.close()
 
 
-async def start_server(config: Config, rooms: ChatRooms, routes: Routes) -> Server:
+async def start_server(config: Config, handler: Handler, routes: Routes) -> Server:
     """Listen, with the limits of the configuration."""
     origins: list[str | None] | None = None
     if config.allowed_origins is not None:
@@ -92,7 +95,7 @@ async def start_server(config: Config, rooms: ChatRooms, routes: Routes) -> Serv
         # latter in: cross-site WebSocket hijacking needs a browser.
         origins = [*config.allowed_origins, None]
     return await serve(
-        metrics.count_connection(rooms.handler),
+        handler,
         config.host,
         config.port,
         process_request=routes.process_request,
