@@ -187,6 +187,8 @@ def test_a_slow_handshake_is_cut_off_after_open_timeout(app: Started) -> None:
 
 
 def test_a_connection_flood_gets_503_past_max_connections(app: Started) -> None:
+    # Let the connections of earlier cases finish closing first.
+    app.wait_for(lambda: metric(app, "websocket_connections_open") == 0, "no connections")
     with contextlib.ExitStack() as stack:
         for _ in range(int(LIMITS["MAX_CONNECTIONS"])):
             stack.enter_context(rawws.open_websocket(app.port))
@@ -331,16 +333,18 @@ def test_a_flooding_client_gets_no_more_than_its_burst_through(app: Started) -> 
     assert 1 <= received <= burst + 1
 
 
-def closed_with(app: Started, code: int) -> float:
+def metric(app: Started, name: str, **labels: str) -> float:
     status, body = app.get("/metrics")
     assert status == 200
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
-            if sample.name == "websocket_connections_closed_total" and sample.labels == {
-                "code": str(code)
-            }:
+            if sample.name == name and sample.labels == labels:
                 return sample.value
     return 0.0
+
+
+def closed_with(app: Started, code: int) -> float:
+    return metric(app, "websocket_connections_closed_total", code=str(code))
 
 
 def test_protocol_errors_are_counted_by_the_code_the_server_sent(app: Started) -> None:
