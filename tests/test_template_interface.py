@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SPEC, TEXT_SAMPLES, option_variants
+from conftest import SPEC, TEMPLATE, TEXT_SAMPLES, option_variants
 
 VARIABLES = [name for name in SPEC if not name.startswith("_")]
 
@@ -52,3 +52,9 @@ def test_every_text_sample_names_a_real_variable() -> None:
 def test_a_variable_of_unknown_kind_is_reported() -> None:
     with pytest.raises(LookupError, match="new_option"):
         option_variants({**SPEC, "new_option": "some text"})
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (TEMPLATE / "README.md").read_text()
+    for name in VARIABLES:
+        assert f"\n| `{name}` |" in readme, name
