@@ -18,6 +18,7 @@ OWNED_FILES: dict[str, list[str]] = {
     "use_redis": [
         "{{ cookiecutter.package_name }}/redis_broker.py",
         "{{ cookiecutter.package_name }}/workers.py",
+        "tests/test_redis.py",
     ],
 }
 

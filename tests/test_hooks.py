@@ -103,7 +103,11 @@ OPTION_FILES = {
     "deploy_heroku": {"app.json"},
     "deploy_fly": {"fly.toml", "Dockerfile", ".dockerignore"},
     "deploy_render": {"render.yaml"},
-    "use_redis": {"my_websocket_app/redis_broker.py", "my_websocket_app/workers.py"},
+    "use_redis": {
+        "my_websocket_app/redis_broker.py",
+        "my_websocket_app/workers.py",
+        "tests/test_redis.py",
+    },
 }
 
 
@@ -141,3 +145,15 @@ def test_the_post_gen_hook_prints_next_steps(
     assert "cd my-websocket-app" in result.stdout
     assert "honcho start" in result.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["my-websocket-app"]
+
+
+def test_the_post_gen_hook_reaches_for_no_network_and_no_subprocess() -> None:
+    source = (TEMPLATE / "hooks" / "post_gen_project.py").read_text()
+    for module in ("subprocess", "socket", "urllib", "http", "os.system", "requests"):
+        assert f"import {module}" not in source and f"{module}." not in source, module
+
+
+def test_the_hooks_validate_with_sys_exit_not_assert() -> None:
+    for hook in ("pre_gen_project.py", "post_gen_project.py"):
+        source = (TEMPLATE / "hooks" / hook).read_text()
+        assert "assert " not in source, hook
