@@ -96,10 +96,16 @@ def first_crossing(sender: ClientConnection, receiver: ClientConnection, timeout
     pytest.fail(f"no message crossed processes within {timeout}s")
 
 
+def assert_rooms_span(pair: tuple[Started, Started], within: float) -> None:
+    """A message sent on one process reaches the other within ``within`` s."""
+    a, b = pair
+    with connect(a.ws_url("/ws/probe")) as on_a, connect(b.ws_url("/ws/probe")) as on_b:
+        assert first_crossing(on_b, on_a, timeout=within) < within
+
+
 def test_losing_redis_keeps_local_delivery_and_recovers_on_its_own(
     pair: tuple[Started, Started], redis_server: RedisServer
 ) -> None:
-    a, b = pair
     redis_server.stop()
     for app in pair:
         wait_until_broker(app, "disconnected")
@@ -108,8 +114,7 @@ def test_losing_redis_keeps_local_delivery_and_recovers_on_its_own(
         assert app.process.poll() is None
 
     redis_server.start()
-    with connect(a.ws_url("/ws/probe")) as on_a, connect(b.ws_url("/ws/probe")) as on_b:
-        assert first_crossing(on_b, on_a, timeout=5) < 5
+    assert_rooms_span(pair, within=5)
     for app in pair:
         assert app.log.count("broker lost Redis") == 1, app.log
         assert app.log.count("broker connected to Redis") == 2, app.log
@@ -119,7 +124,6 @@ def test_a_hung_redis_is_noticed_and_recovery_follows_on_its_own(
     pair: tuple[Started, Started], redis_server: RedisServer
 ) -> None:
     # A frozen Redis closes nothing: only the heartbeat can tell.
-    a, b = pair
     redis_server.pause()
     for app in pair:
         wait_until_broker(app, "disconnected", timeout=15)
@@ -127,8 +131,7 @@ def test_a_hung_redis_is_noticed_and_recovery_follows_on_its_own(
     redis_server.resume()
     for app in pair:
         wait_until_broker(app, "connected", timeout=10)
-    with connect(a.ws_url("/ws/probe")) as on_a, connect(b.ws_url("/ws/probe")) as on_b:
-        assert first_crossing(on_b, on_a, timeout=5) < 5
+    assert_rooms_span(pair, within=5)
 
 
 def test_refused_publishes_fall_back_locally_and_do_not_stick(
@@ -137,7 +140,6 @@ def test_refused_publishes_fall_back_locally_and_do_not_stick(
     # Redis refuses PUBLISH (as a managed Redis over its limits would) while
     # connections stay up: delivery goes on locally, and once PUBLISH is
     # allowed again, rooms span both processes again by themselves.
-    a, b = pair
     admin = redis.Redis(port=redis_server.port)
     admin.execute_command("ACL", "SETUSER", "default", "-publish")
     try:
@@ -146,8 +148,7 @@ def test_refused_publishes_fall_back_locally_and_do_not_stick(
     finally:
         admin.execute_command("ACL", "SETUSER", "default", "+publish")
         admin.close()
-    with connect(a.ws_url("/ws/probe")) as on_a, connect(b.ws_url("/ws/probe")) as on_b:
-        assert first_crossing(on_b, on_a, timeout=10) < 10
+    assert_rooms_span(pair, within=10)
 
 
 def test_without_redis_url_rooms_are_local_and_it_says_so_once(
