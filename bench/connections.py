@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -104,6 +105,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.clients, args.rooms, args.seconds = 50, 5, 1.0
+    # One file descriptor per client connection, here as in the server.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     with tempfile.TemporaryDirectory() as workdir:
         project = Path(
