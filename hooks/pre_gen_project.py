@@ -18,7 +18,9 @@ ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
 # Modules the generated project imports or runs: a package of the same
 # name would shadow them.
-DEPENDENCIES = frozenset({"websockets", "redis", "honcho", "pytest", "ruff", "conftest", "tests"})
+DEPENDENCIES = frozenset(
+    {"websockets", "redis", "prometheus_client", "honcho", "pytest", "ruff", "conftest", "tests"}
+)
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13", "3.14")
 

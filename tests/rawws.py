@@ -47,8 +47,8 @@ def read_response(sock: socket.socket) -> tuple[int | None, bytes]:
     head = b""
     while b"\r\n\r\n" not in head:
         try:
-            chunk = sock.recv(4096)
-        except (ConnectionResetError, TimeoutError):
+            chunk = sock.recv(4096)  # a server that hangs raises TimeoutError
+        except ConnectionResetError:
             break
         if not chunk:
             break
@@ -92,9 +92,14 @@ def frame(
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def read_frames(sock: socket.socket) -> list[tuple[int, bytes]]:
-    """Read server frames until a close frame or the end of the stream."""
+def read_frames(sock: socket.socket, max_bytes: int = 2**26) -> list[tuple[int, bytes]]:
+    """Read server frames until a close frame or the end of the stream.
+
+    A server that hangs makes the socket raise TimeoutError; one that never
+    stops sending fails the read after ``max_bytes``.
+    """
     buffer = b""
+    received = 0
     frames: list[tuple[int, bytes]] = []
     while True:
         while True:
@@ -107,10 +112,12 @@ def read_frames(sock: socket.socket) -> list[tuple[int, bytes]]:
                 return frames
         try:
             chunk = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
             return frames
         if not chunk:
             return frames
+        received += len(chunk)
+        assert received <= max_bytes, "the server never stops sending"
         buffer += chunk
 
 

@@ -48,7 +48,7 @@ def test_honcho_start_serves_and_sigterm_closes_clients_with_1001(
 
     # honcho exits 143 after SIGTERM once every child has exited.
     assert honcho_start.process.wait(timeout=10) == 128 + signal.SIGTERM
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # well within SHUTDOWN_TIMEOUT (20 s)
     assert "all connections closed: exiting" in honcho_start.log
     assert "ERROR" not in honcho_start.log and "Traceback" not in honcho_start.log
 

@@ -6,7 +6,7 @@ import asyncio
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,14 @@ ROOMS = 200
 
 
 @pytest.fixture
-def enough_file_descriptors() -> None:
+def enough_file_descriptors() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = CLIENTS + 500
-    if soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            pytest.fail(f"this test needs {needed} open files; the hard limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.fail(f"this test needs {needed} open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def chat_until_closed(client: ClientConnection, stop_sending: asyncio.Event) -> int | None:
@@ -80,6 +81,7 @@ def test_sigterm_with_2000_busy_clients_closes_each_with_1001_and_exits_0(
     codes, elapsed = asyncio.run(scenario())
     assert codes == [1001] * CLIENTS
     assert app.process.wait(timeout=30) == 0
-    assert elapsed < 20  # SHUTDOWN_TIMEOUT
+    assert "exiting anyway" not in app.log  # every handler returned within SHUTDOWN_TIMEOUT
+    assert elapsed < 60
     errors = [line for line in app.log.splitlines() if line.startswith(("ERROR", "CRITICAL"))]
     assert errors == [] and "Traceback" not in app.log, app.log[-3000:]

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect as asyncio_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import rawws
@@ -44,15 +44,23 @@ def app(default_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def assert_still_serving(app: Started) -> None:
-    deadline = time.monotonic() + 5
-    while True:  # connections a case dropped may take a moment to be freed
-        with connect(app.ws_url("/ws/check")) as client:
-            if client.response.status_code == 101:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with connect(app.ws_url("/ws/check")) as client:
                 client.send("still here")
                 assert client.recv(timeout=5) == "still here"
                 break
-        assert time.monotonic() < deadline
+        except InvalidStatus as exc:
+            # Connections a case dropped may take a moment to be freed.
+            assert exc.response.status_code == 503
+            assert time.monotonic() < deadline, "still at MAX_CONNECTIONS"
+            time.sleep(0.1)
     assert app.process.poll() is None
+    assert_nothing_logged_at_error(app)
+
+
+def assert_nothing_logged_at_error(app: Started) -> None:
     errors = [line for line in app.log.splitlines() if line.startswith(("ERROR", "CRITICAL"))]
     assert errors == [] and "Traceback" not in app.log, app.log
 
@@ -182,7 +190,7 @@ def test_a_slow_handshake_is_cut_off_after_open_timeout(app: Started) -> None:
         sock.sendall(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n")  # ...and nothing more
         assert rawws.read_response(sock) == (None, b"")
         elapsed = time.monotonic() - started
-    assert 0.9 <= elapsed < 3  # OPEN_TIMEOUT=1
+    assert 0.9 <= elapsed < 6  # OPEN_TIMEOUT=1, where the default would be 10
     assert_still_serving(app)
 
 
@@ -249,10 +257,7 @@ def test_random_requests_always_get_a_well_formed_response(
     if status != 101:
         expected_length = int(fields[b"Content-Length"])
         assert len(body) == (0 if method == "HEAD" else expected_length)
-
-
-def test_the_property_run_left_no_error_in_the_log(app: Started) -> None:
-    assert_still_serving(app)
+    assert_nothing_logged_at_error(app)
 
 
 # --- A client that never reads -----------------------------------------------
@@ -296,7 +301,7 @@ def test_a_client_that_never_reads_is_dropped_before_memory_runs_away(
 
         received = 0
         with contextlib.suppress(OSError):
-            while data := sleeper.recv(65536):
+            while received < sent and (data := sleeper.recv(65536)):
                 received += len(data)
         sleeper.close()
     assert grown * 1024 < 16 * max_send_buffer, f"server grew by {grown} KiB"
@@ -320,17 +325,22 @@ async def flood(url: str, count: int) -> int | None:
     return flooder.close_code
 
 
-def test_a_flooding_client_gets_no_more_than_its_burst_through(app: Started) -> None:
-    with connect(app.ws_url("/ws/watched")) as observer:
-        # A client library that completes the closing handshake, and keeps
-        # sending while it does: nothing queued may get through then.
-        assert asyncio.run(flood(app.ws_url("/ws/watched"), 100)) == 1008
-        received = 0
-        with contextlib.suppress(TimeoutError):
-            while observer.recv(timeout=1):
-                received += 1
-    burst = 2 * float(LIMITS["MAX_MESSAGES_PER_SECOND"])
-    assert 1 <= received <= burst + 1
+def test_a_flooding_client_gets_no_more_than_its_burst_through(
+    default_project: Path, tmp_path: Path
+) -> None:
+    # A rate so low that refills during the test can't blur the bound: a
+    # burst of one message, then one every two seconds.
+    with contextlib.ExitStack() as stack:
+        app = launch_app(default_project, tmp_path, stack, MAX_MESSAGES_PER_SECOND="0.5")
+        with connect(app.ws_url("/ws/watched")) as observer:
+            # A client library that completes the closing handshake, and keeps
+            # sending while it does: nothing queued may get through then.
+            assert asyncio.run(flood(app.ws_url("/ws/watched"), 100)) == 1008
+            received = 0
+            with contextlib.suppress(TimeoutError):
+                while observer.recv(timeout=1):
+                    received += 1
+    assert 1 <= received <= 3
 
 
 def metric(app: Started, name: str, **labels: str) -> float:

@@ -202,6 +202,11 @@ def test_render_yaml_is_a_python_web_blueprint(default_project: Path) -> None:
     assert 1 <= service["maxShutdownDelaySeconds"] <= 300
 
 
+def test_render_names_stay_strings_whatever_the_slug(bake: Callable[..., Path]) -> None:
+    services = platforms.render_services(bake(project_slug="null"))
+    assert services["web"]["name"] == "null"  # not YAML's null
+
+
 @pytest.mark.parametrize(("plan", "region"), [("pro", "frankfurt"), ("standard", "singapore")])
 def test_render_plan_and_region_come_from_the_answers(
     bake: Callable[..., Path], plan: str, region: str
@@ -213,23 +218,15 @@ def test_render_plan_and_region_come_from_the_answers(
 # --- Lifecycle, as each platform drives it ----------------------------------
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def launch_for(platform: str, project: Path) -> platforms.Launch:
-    """The platform's own port when it is free here, else any free port."""
-    if platform == "heroku":
-        return platforms.heroku(project, port=free_port())
-    launch = getattr(platforms, platform)(project)
-    if not port_is_free(launch.port):
-        launch = getattr(platforms, platform)(project, port=free_port())
-    return launch
+    """The platform's launch, on a free port.
+
+    Tests bind free ports only: the platforms' own (8080 in fly.toml and the
+    image, Render's 10000) may be taken here, and parallel tests would
+    collide on them. test_fly_routes_to_the_port_the_image_listens_on checks
+    the declared ports; the app reads PORT the same way whatever its value.
+    """
+    return getattr(platforms, platform)(project, port=free_port())
 
 
 def wait_until_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:

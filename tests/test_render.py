@@ -104,13 +104,10 @@ def test_python_version_file_matches_the_answer(project: Path, answers: dict[str
 
 
 def test_text_answers_reach_the_readme_unchanged(bake: Callable[..., Path]) -> None:
-    project = bake(
-        project_name=TEXT_SAMPLES["project_name"],
-        description=TEXT_SAMPLES["description"],
-    )
-    readme = (project / "README.md").read_text()
-    assert TEXT_SAMPLES["project_name"] in readme
-    assert TEXT_SAMPLES["description"] in readme
+    answers = {name: TEXT_SAMPLES[name] for name in ("project_name", "description", "author_name")}
+    readme = (bake(**answers) / "README.md").read_text()
+    for value in answers.values():
+        assert value in readme
 
 
 def test_no_env_file_sets_port(project: Path) -> None:

@@ -16,7 +16,7 @@ def test_every_variable_has_a_prompt_sentence() -> None:
         assert isinstance(prompt, str) and "? " in f"{prompt} ", name
 
 
-def test_generated_files_use_lf_line_endings() -> None:
+def test_cookiecutter_json_asks_for_lf_line_endings() -> None:
     assert SPEC["_new_lines"] == "\n"
 
 
