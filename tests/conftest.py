@@ -138,11 +138,13 @@ def cli_environment(cookiecutter_config: Path) -> Iterator[dict[str, str]]:
     yield {**os.environ, "COOKIECUTTER_CONFIG": str(cookiecutter_config)}
 
 
-def http_status(port: int, path: str = "/healthz", method: str = "GET") -> int:
+def http_request(port: int, method: str, path: str) -> tuple[int, str]:
+    """Send one HTTP request on loopback; return the status and the body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request(method, path)
-        return conn.getresponse().status
+        response = conn.getresponse()
+        return response.status, response.read().decode()
     finally:
         conn.close()
 
@@ -162,7 +164,7 @@ def wait_until_healthy(
         if process.poll() is not None:
             pytest.fail(f"exited with {process.returncode} before healthy:\n{log.read_text()}")
         try:
-            if http_status(port, path, method) == 200:
+            if http_request(port, method, path)[0] == 200:
                 return
         except OSError:
             pass
@@ -204,13 +206,7 @@ class Started:
         return f"ws://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str) -> tuple[int, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            conn.close()
+        return http_request(self.port, "GET", path)
 
     def health(self) -> tuple[int, str]:
         return self.get("/healthz")

@@ -77,7 +77,7 @@ class Config:
             host=environ.get("HOST") or None,
             port=_read_int(environ, "PORT", default=8000, low=1, high=65535),
             log_level=_read_choice(environ, "LOG_LEVEL", "INFO", LOG_LEVELS),
-            shutdown_timeout=_read_seconds(environ, "SHUTDOWN_TIMEOUT", 20.0),
+            shutdown_timeout=_read_positive(environ, "SHUTDOWN_TIMEOUT", 20.0),
             web_concurrency=_read_int(
                 environ, "WEB_CONCURRENCY", default=1, low=1, high=64
             ),
@@ -90,9 +90,9 @@ class Config:
             max_connections=_read_int(
                 environ, "MAX_CONNECTIONS", default=5000, low=1, high=10**6
             ),
-            open_timeout=_read_seconds(environ, "OPEN_TIMEOUT", 10.0),
+            open_timeout=_read_positive(environ, "OPEN_TIMEOUT", 10.0),
             allowed_origins=_read_origins(environ, "ALLOWED_ORIGINS"),
-            max_messages_per_second=_read_seconds(
+            max_messages_per_second=_read_positive(
                 environ, "MAX_MESSAGES_PER_SECOND", 20.0
             ),
             max_send_buffer=_read_int(
@@ -152,7 +152,7 @@ def _read_bool(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} must be true or false")
 
 
-def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+def _read_positive(environ: Mapping[str, str], name: str, default: float) -> float:
     """Read a positive, finite number (of seconds, or per second)."""
     raw = environ.get(name, "").strip()
     if not raw:
