@@ -5,16 +5,24 @@ Deterministic on purpose: no network, no subprocess (no git init, no pip).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
-#: Each option and the files that exist only for it.
+#: The image that Fly.io, Railway, Koyeb and Kubernetes all build.
+CONTAINER_IMAGE = ["Dockerfile", ".dockerignore"]
+
+#: Each option and the files that exist for it. A file listed under several
+#: options stays when any of them is selected.
 OWNED_FILES: dict[str, list[str]] = {
     "deploy_heroku": ["app.json"],
-    "deploy_fly": ["fly.toml", "Dockerfile", ".dockerignore"],
+    "deploy_fly": ["fly.toml", *CONTAINER_IMAGE],
     "deploy_render": ["render.yaml"],
+    "deploy_railway": ["railway.json", *CONTAINER_IMAGE],
+    "deploy_koyeb": CONTAINER_IMAGE,
+    "deploy_kubernetes": ["k8s/deployment.yaml", "k8s/service.yaml", *CONTAINER_IMAGE],
     "use_redis": [
         "{{ cookiecutter.package_name }}/redis_broker.py",
         "{{ cookiecutter.package_name }}/workers.py",
@@ -24,10 +32,14 @@ OWNED_FILES: dict[str, list[str]] = {
 
 
 def remove_unselected(project: Path) -> None:
-    for option, paths in OWNED_FILES.items():
-        if ANSWERS[option] is not True:
-            for path in paths:
-                (project / path).unlink(missing_ok=True)
+    selected = {
+        path for option, paths in OWNED_FILES.items() if ANSWERS[option] is True for path in paths
+    }
+    owned = {path for paths in OWNED_FILES.values() for path in paths}
+    for path in owned - selected:
+        (project / path).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a directory left empty goes too
+            (project / path).parent.rmdir()
 
 
 NEXT_STEPS = """

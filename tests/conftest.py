@@ -133,6 +133,22 @@ def default_project(bake: Callable[..., Path]) -> Path:
     return bake()
 
 
+#: Answers that turn on every deploy target, the optional ones included.
+EVERY_TARGET = {
+    "deploy_heroku": True,
+    "deploy_fly": True,
+    "deploy_render": True,
+    "deploy_railway": True,
+    "deploy_koyeb": True,
+    "deploy_kubernetes": True,
+}
+
+
+@pytest.fixture(scope="session")
+def every_target_project(bake: Callable[..., Path]) -> Path:
+    return bake(**EVERY_TARGET)
+
+
 @pytest.fixture
 def cli_environment(cookiecutter_config: Path) -> Iterator[dict[str, str]]:
     yield {**os.environ, "COOKIECUTTER_CONFIG": str(cookiecutter_config)}

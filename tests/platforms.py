@@ -149,3 +149,66 @@ def render(project: Path, port: int | None = None) -> Launch:
         grace_seconds=service.get("maxShutdownDelaySeconds", RENDER_DEFAULT_SHUTDOWN_DELAY),
         signal_every_process=False,
     )
+
+
+def railway_config(project: Path) -> dict[str, Any]:
+    return json.loads((project / "railway.json").read_text())
+
+
+def railway(project: Path, port: int) -> Launch:
+    """Railway builds the Dockerfile, injects PORT, and drains for drainingSeconds."""
+    config = railway_config(project)
+    image = read_dockerfile(project / config["build"]["dockerfilePath"])
+    return Launch(
+        platform="railway",
+        argv=image.cmd,
+        env={**image.env, "PORT": str(port)},
+        health=("GET", config["deploy"]["healthcheckPath"]),
+        kill_signal=signal.SIGTERM,
+        grace_seconds=config["deploy"]["drainingSeconds"],
+        signal_every_process=False,
+    )
+
+
+def kubernetes_manifests(project: Path) -> dict[str, dict[str, Any]]:
+    """The manifests under k8s/, by kind."""
+    documents = [
+        document
+        for path in sorted((project / "k8s").glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text())
+    ]
+    by_kind = {document["kind"]: document for document in documents}
+    assert len(by_kind) == len(documents), "one manifest of each kind"
+    return by_kind
+
+
+def kubernetes_container(project: Path) -> dict[str, Any]:
+    (container,) = kubernetes_manifests(project)["Deployment"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return container
+
+
+def kubernetes(project: Path, port: int | None = None) -> Launch:
+    """The kubelet runs the image's CMD with the container's env.
+
+    On deletion it runs the preStop hook, then sends SIGTERM, then SIGKILL
+    once terminationGracePeriodSeconds (counted from the start) have passed.
+    """
+    pod = kubernetes_manifests(project)["Deployment"]["spec"]["template"]["spec"]
+    container = kubernetes_container(project)
+    image = read_dockerfile(project / "Dockerfile")
+    env = {**image.env, **{var["name"]: var["value"] for var in container["env"] if "value" in var}}
+    if port is not None:
+        env["PORT"] = str(port)
+    probe = container["readinessProbe"]["httpGet"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    return Launch(
+        platform="kubernetes",
+        argv=container.get("command", image.cmd),
+        env=env,
+        health=("GET", probe["path"]),
+        kill_signal=signal.SIGTERM,
+        grace_seconds=pod["terminationGracePeriodSeconds"] - pre_stop,
+        signal_every_process=False,
+    )

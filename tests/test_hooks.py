@@ -100,43 +100,72 @@ def test_cookiecutter_refuses_a_value_outside_the_declared_kind(
     assert list(tmp_path.iterdir()) == []
 
 
-#: The files each flag owns: present when it is on, absent when off.
+#: The files each flag owns: present when it or another owner is on, else absent.
+CONTAINER_IMAGE = {"Dockerfile", ".dockerignore"}
 OPTION_FILES = {
     "deploy_heroku": {"app.json"},
-    "deploy_fly": {"fly.toml", "Dockerfile", ".dockerignore"},
+    "deploy_fly": {"fly.toml", *CONTAINER_IMAGE},
     "deploy_render": {"render.yaml"},
+    "deploy_railway": {"railway.json", *CONTAINER_IMAGE},
+    "deploy_koyeb": CONTAINER_IMAGE,
+    "deploy_kubernetes": {"k8s/deployment.yaml", "k8s/service.yaml", *CONTAINER_IMAGE},
     "use_redis": {
         "my_websocket_app/redis_broker.py",
         "my_websocket_app/workers.py",
         "tests/test_redis.py",
     },
 }
+#: The flags that share the container image, in every combination; the
+#: others flipped one at a time, and everything off.
+IMAGE_FLAGS = ["deploy_fly", "deploy_railway", "deploy_koyeb", "deploy_kubernetes"]
+FLAG_COMBINATIONS = [
+    *(
+        dict(zip(IMAGE_FLAGS, combo, strict=True))
+        for combo in itertools.product([True, False], repeat=4)
+    ),
+    *({flag: False} for flag in OPTION_FILES if flag not in IMAGE_FLAGS),
+    dict.fromkeys(OPTION_FILES, False),
+]
 
 
 def relative_files(project: Path) -> set[str]:
     return {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
 
 
+def relative_directories(project: Path) -> set[str]:
+    return {str(p.relative_to(project)) for p in project.rglob("*") if p.is_dir()}
+
+
 @pytest.mark.parametrize(
     "flags",
-    [
-        dict(zip(OPTION_FILES, combo, strict=True))
-        for combo in itertools.product([True, False], repeat=len(OPTION_FILES))
-    ],
+    FLAG_COMBINATIONS,
     ids=lambda flags: "+".join(k.removeprefix("deploy_") for k, v in flags.items() if v) or "none",
 )
 def test_each_flag_combination_renders_exactly_the_selected_files(
     bake: Callable[..., Path], flags: dict[str, bool]
 ) -> None:
-    everything = relative_files(bake())
-    selected = relative_files(bake(**flags))
-    unselected = set().union(*(OPTION_FILES[f] for f, on in flags.items() if not on))
-    assert selected == everything - unselected
+    everything = everything_project(bake)
+    answers = {flag: True for flag in OPTION_FILES} | flags
+    selected = relative_files(bake(**answers))
+    kept = set().union(*(OPTION_FILES[f] for f, on in answers.items() if on))
+    unselected = set().union(*(OPTION_FILES[f] for f, on in answers.items() if not on)) - kept
+    assert selected == relative_files(everything) - unselected
 
 
-def test_the_default_answers_select_every_optional_file(default_project: Path) -> None:
-    everything = set().union(*OPTION_FILES.values())
-    assert everything <= relative_files(default_project)
+def everything_project(bake: Callable[..., Path]) -> Path:
+    return bake(**dict.fromkeys(OPTION_FILES, True))
+
+
+def test_a_directory_left_empty_is_removed_too(bake: Callable[..., Path]) -> None:
+    assert "k8s" in relative_directories(everything_project(bake))
+    assert "k8s" not in relative_directories(bake(deploy_kubernetes=False))
+
+
+def test_the_default_answers_select_the_primary_platforms_only(default_project: Path) -> None:
+    files = relative_files(default_project)
+    for flag in ("deploy_heroku", "deploy_fly", "deploy_render", "use_redis"):
+        assert OPTION_FILES[flag] <= files, flag
+    assert not {"railway.json", "k8s/deployment.yaml", "k8s/service.yaml"} & files
 
 
 def test_the_post_gen_hook_prints_next_steps(
@@ -162,7 +191,7 @@ def test_the_post_gen_hook_imports_nothing_that_reaches_out() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert imported <= {"__future__", "json", "pathlib"}
+    assert imported <= {"__future__", "contextlib", "json", "pathlib"}
     assert "__import__" not in ast.dump(tree)
 
 

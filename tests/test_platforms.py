@@ -17,6 +17,7 @@ from websockets.sync.client import connect
 
 import platforms
 from conftest import (
+    EVERY_TARGET,
     app_environment,
     free_port,
     package_of,
@@ -66,12 +67,15 @@ def test_fly_routes_to_the_port_the_image_listens_on(default_project: Path) -> N
     assert config["env"]["PORT"] == image.env["PORT"]
 
 
-@pytest.mark.parametrize("platform", ["heroku", "fly", "render"])
+PLATFORMS = ["heroku", "fly", "render", "railway", "kubernetes"]
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
 def test_shutdown_timeout_fits_in_the_platform_grace_period(
-    default_project: Path, platform: str
+    every_target_project: Path, platform: str
 ) -> None:
-    launch = getattr(platforms, platform)(default_project, port=8000)
-    timeout = float(app_setting(default_project, "config.shutdown_timeout", launch.env))
+    launch = getattr(platforms, platform)(every_target_project, port=8000)
+    timeout = float(app_setting(every_target_project, "config.shutdown_timeout", launch.env))
     # Closing handshakes need a moment after the deadline, before SIGKILL.
     assert timeout + 5 <= launch.grace_seconds
 
@@ -244,7 +248,7 @@ CLIENTS = 5
 
 
 @pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "no-redis"])
-@pytest.mark.parametrize("platform", ["heroku", "fly", "render"])
+@pytest.mark.parametrize("platform", PLATFORMS)
 def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
     bake: Callable[..., Path],
     request: pytest.FixtureRequest,
@@ -252,7 +256,7 @@ def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
     platform: str,
     use_redis: bool,
 ) -> None:
-    project = bake(use_redis=use_redis)
+    project = bake(use_redis=use_redis, **EVERY_TARGET)
     launch = launch_for(platform, project)
     if use_redis:  # the platform's Redis add-on or service sets REDIS_URL
         launch.env["REDIS_URL"] = request.getfixturevalue("redis_server").url
@@ -295,3 +299,120 @@ def test_fly_scrapes_the_metrics_the_app_serves(default_project: Path) -> None:
     config = platforms.fly_config(default_project)
     served = app_setting(default_project, "METRICS_PATH", {})
     assert config["metrics"] == {"port": config["http_service"]["internal_port"], "path": served}
+
+
+# --- Railway ----------------------------------------------------------------
+
+
+def test_railway_builds_the_dockerfile(every_target_project: Path) -> None:
+    config = platforms.railway_config(every_target_project)
+    assert config["$schema"] == "https://railway.com/railway.schema.json"
+    assert config["build"]["builder"] == "DOCKERFILE"
+    assert (every_target_project / config["build"]["dockerfilePath"]).is_file()
+
+
+def test_railway_checks_the_health_path_the_app_serves(every_target_project: Path) -> None:
+    served = app_setting(every_target_project, "HEALTH_PATH", {})
+    assert platforms.railway_config(every_target_project)["deploy"]["healthcheckPath"] == served
+
+
+def test_railway_durations_are_json_numbers(every_target_project: Path) -> None:
+    """Railway's parser refuses "30" where it expects 30."""
+    deploy = platforms.railway_config(every_target_project)["deploy"]
+    for key in ("healthcheckTimeout", "drainingSeconds", "restartPolicyMaxRetries"):
+        assert type(deploy[key]) is int, key
+
+
+# --- Kubernetes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "no-redis"])
+def test_kubernetes_manifests_validate_against_the_api_schema(
+    bake: Callable[..., Path], use_redis: bool
+) -> None:
+    project = bake(use_redis=use_redis, deploy_kubernetes=True)
+    manifests = sorted(str(path) for path in (project / "k8s").glob("*.yaml"))
+    assert len(manifests) == 2
+    result = subprocess.run(
+        [require_tool("kubernetes-validate"), "--strict", *manifests],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == 2, result.stdout
+
+
+def test_kubernetes_validation_catches_a_misspelt_field(
+    every_target_project: Path, tmp_path: Path
+) -> None:
+    """The validator above is strict enough to fail on a typo."""
+    text = (every_target_project / "k8s" / "deployment.yaml").read_text()
+    broken = tmp_path / "deployment.yaml"
+    broken.write_text(text.replace("periodSeconds:", "periodSecond:"))
+    result = subprocess.run(
+        [require_tool("kubernetes-validate"), "--strict", str(broken)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+
+
+def test_kubernetes_service_routes_to_the_deployments_pods(every_target_project: Path) -> None:
+    manifests = platforms.kubernetes_manifests(every_target_project)
+    deployment, service = manifests["Deployment"], manifests["Service"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    port_names = {
+        port["name"] for port in platforms.kubernetes_container(every_target_project)["ports"]
+    }
+    assert {port["targetPort"] for port in service["spec"]["ports"]} <= port_names
+
+
+def test_kubernetes_container_listens_where_its_probes_look(every_target_project: Path) -> None:
+    container = platforms.kubernetes_container(every_target_project)
+    (port,) = container["ports"]
+    launch = platforms.kubernetes(every_target_project)
+    image = platforms.read_dockerfile(every_target_project / "Dockerfile")
+    assert port["containerPort"] == launch.port == int(image.env["PORT"])
+    served = app_setting(every_target_project, "HEALTH_PATH", {})
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": served, "port": port["name"]}, probe
+
+
+def test_kubernetes_stops_after_a_pre_stop_sleep_within_the_grace_period(
+    every_target_project: Path,
+) -> None:
+    container = platforms.kubernetes_container(every_target_project)
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    # The grace period itself, minus the sleep, is checked against
+    # SHUTDOWN_TIMEOUT by test_shutdown_timeout_fits_in_the_platform_grace_period.
+
+
+def test_kubernetes_runs_as_the_images_unprivileged_user(every_target_project: Path) -> None:
+    pod = platforms.kubernetes_manifests(every_target_project)["Deployment"]["spec"]["template"]
+    context = pod["spec"]["securityContext"]
+    image = platforms.read_dockerfile(every_target_project / "Dockerfile")
+    assert context["runAsNonRoot"] is True
+    assert str(context["runAsUser"]) == image.user
+    container = platforms.kubernetes_container(every_target_project)
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_kubernetes_container_requests_and_limits_cpu_and_memory(
+    every_target_project: Path,
+) -> None:
+    resources = platforms.kubernetes_container(every_target_project)["resources"]
+    assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
+
+
+def test_kubernetes_reads_redis_url_from_an_optional_secret(bake: Callable[..., Path]) -> None:
+    env = platforms.kubernetes_container(bake(deploy_kubernetes=True))["env"]
+    (redis_url,) = [var for var in env if var["name"] == "REDIS_URL"]
+    assert redis_url["valueFrom"]["secretKeyRef"]["optional"] is True
+    without = platforms.kubernetes_container(bake(deploy_kubernetes=True, use_redis=False))["env"]
+    assert "REDIS_URL" not in {var["name"] for var in without}

@@ -25,6 +25,11 @@ def test_platform_flags_are_real_booleans_defaulting_to_true(flag: str) -> None:
     assert SPEC[flag] is True
 
 
+@pytest.mark.parametrize("flag", ["deploy_railway", "deploy_koyeb", "deploy_kubernetes"])
+def test_further_deploy_targets_are_real_booleans_defaulting_to_false(flag: str) -> None:
+    assert SPEC[flag] is False
+
+
 def test_python_versions_are_newest_first_with_314_the_default() -> None:
     versions = SPEC["python_version"]
     assert versions[0] == "3.14"
