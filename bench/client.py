@@ -1,0 +1,315 @@
+"""The load client: one process, the same for every server, driven over stdin.
+
+run.py starts one per server process, pinned to another CPU than the
+server's, sends it one JSON command per line and reads one JSON answer per
+line. It speaks WebSocket through picows, the fastest Python client, on
+uvloop, so that the client rather than the server runs out of CPU last; it
+offers per-message deflate as browsers do (see deflate.py). It reads the
+server's CPU time itself, at the instants it snapshots its delivery count,
+so that both cover the same window.
+
+Commands (``op`` plus keyword arguments of the Agent method of that name):
+``open``, ``loop``, ``latency``, ``close``, ``closes``; ``exit`` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import deflate
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MESSAGE_SIZE = 64
+TAG_SIZE = 7
+
+__all__ = ["Agent", "Member"]
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (every thread), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Counters:
+    """Totals over every connection; one object, so reading them costs nothing."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0
+        self.returned = 0  # messages that came back to their own sender
+
+
+class Member(WSListener):
+    """One client connection; reacts to messages through ``on_message``."""
+
+    def __init__(self, index: int, counters: Counters, codec: deflate.Deflate | None) -> None:
+        self.tag = b"%07d" % index
+        self.message = self.tag.ljust(MESSAGE_SIZE, b".")
+        self.counters = counters
+        self.codec = codec
+        self.transport: WSTransport | None = None
+        self.close_code: int | None = None
+        self.on_message: Callable[[Member, bytes], None] | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            payload = frame.get_payload_as_bytes()
+            if frame.rsv1 and self.codec is not None:
+                payload = self.codec.decompress(payload)
+            self.counters.deliveries += 1
+            if self.on_message is not None:
+                self.on_message(self, payload)
+        elif frame.msg_type == WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            self.close_code = int(getattr(code, "value", code))
+            if not transport.is_close_frame_sent:
+                transport.send_close(code)
+            transport.disconnect()
+
+    def send(self, payload: bytes) -> None:
+        assert self.transport is not None
+        if self.codec is None:
+            self.transport.send(WSMsgType.TEXT, payload)
+        else:
+            self.transport.send(WSMsgType.TEXT, self.codec.compress(payload), rsv1=True)
+
+
+class Agent:
+    """Named groups of connections and the workloads run on them."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[Member]] = {}
+        self.counters = Counters()
+        self.next_index = 0
+
+    async def open(
+        self, group: str, url: str, path: str, count: int, rooms: int = 1, concurrency: int = 50
+    ) -> dict[str, Any]:
+        """Open ``count`` connections to ``url + path.format(i=i % rooms)``."""
+        members = self.groups.setdefault(group, [])
+        gate = asyncio.Semaphore(concurrency)
+        errors: list[str] = []
+
+        async def connect(i: int) -> None:
+            index, self.next_index = self.next_index, self.next_index + 1
+
+            def factory(request: Any, response: Any) -> Member:
+                codec = deflate.negotiate(response.headers.get("Sec-WebSocket-Extensions"))
+                return Member(index, self.counters, codec)
+
+            async with gate:
+                try:
+                    _, member = await ws_connect(
+                        factory,
+                        url + path.format(i=i % rooms),
+                        extra_headers={"Sec-WebSocket-Extensions": deflate.OFFER},
+                        websocket_handshake_timeout=30,
+                    )
+                except Exception as exc:  # reported, not raised: run.py decides
+                    errors.append(repr(exc))
+                else:
+                    members.append(member)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(connect(i) for i in range(count)))
+        return {
+            "opened": count - len(errors),
+            "failed": len(errors),
+            "errors": errors[:3],
+            "seconds": time.perf_counter() - start,
+            "deflate": sum(m.codec is not None for m in members),
+        }
+
+    async def loop(
+        self, group: str, seconds: float, warmup: float, server_pid: int
+    ) -> dict[str, Any]:
+        """Closed loop: each member sends its next message when its last comes back.
+
+        In a shared room every member receives every message; alone in a
+        room, a member receives only its own (an echo). Counts and CPU times
+        are read at the start and the end of the window, after a warm-up.
+        """
+        members = self.groups[group]
+        running = True
+        waiting: set[Member] = set(members)  # whose message is on its way
+        drained = asyncio.get_running_loop().create_future()
+
+        def on_message(member: Member, payload: bytes) -> None:
+            if payload[:TAG_SIZE] != member.tag:
+                return
+            self.counters.returned += 1
+            if running:
+                member.send(member.message)
+                return
+            waiting.discard(member)
+            if not waiting and not drained.done():
+                drained.set_result(None)
+
+        for member in members:
+            member.on_message = on_message
+            member.send(member.message)
+        await asyncio.sleep(warmup)
+        before = self.snapshot(server_pid)
+        await asyncio.sleep(seconds)
+        after = self.snapshot(server_pid)
+        running = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained, timeout=10)
+        for member in members:
+            member.on_message = None
+        return {
+            "elapsed": after["time"] - before["time"],
+            "deliveries": after["deliveries"] - before["deliveries"],
+            "returned": after["returned"] - before["returned"],
+            "server_cpu": after["server_cpu"] - before["server_cpu"],
+            "client_cpu": after["client_cpu"] - before["client_cpu"],
+            "lost": len(waiting),
+            "closed": sum(m.close_code is not None for m in members),
+        }
+
+    def snapshot(self, server_pid: int) -> dict[str, float]:
+        return {
+            "time": time.perf_counter(),
+            "deliveries": self.counters.deliveries,
+            "returned": self.counters.returned,
+            "server_cpu": server_cpu_seconds(server_pid),
+            "client_cpu": own_cpu_seconds(),
+        }
+
+    async def latency(self, group: str, samples: int, timeout: float = 10) -> dict[str, Any]:
+        """Time from sending one message until the last member has received it."""
+        members = self.groups[group]
+        latencies: list[float] = []
+        try:
+            for sample in range(samples):
+                probe = (b"L%06d" % sample).ljust(MESSAGE_SIZE, b".")
+                latencies.append(await self.probe(members, probe, timeout))
+                await asyncio.sleep(0.02)
+        except TimeoutError as exc:
+            return {"latencies": latencies, "error": str(exc)}
+        finally:
+            for member in members:
+                member.on_message = None
+        return {"latencies": latencies}
+
+    async def probe(self, members: list[Member], probe: bytes, timeout: float) -> float:
+        """Send ``probe`` from the first member; wait until every member has it."""
+        arrived = 0
+        last = 0.0
+        everyone = asyncio.get_running_loop().create_future()
+
+        def on_message(member: Member, payload: bytes) -> None:
+            nonlocal arrived, last
+            if payload[:TAG_SIZE] == probe[:TAG_SIZE]:
+                arrived += 1
+                last = time.perf_counter()
+                if arrived == len(members):
+                    everyone.set_result(None)
+
+        for member in members:
+            member.on_message = on_message
+        sent = time.perf_counter()
+        members[0].send(probe)
+        try:
+            await asyncio.wait_for(everyone, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{arrived} of {len(members)} received {probe[:TAG_SIZE]!r}"
+            ) from None
+        return last - sent
+
+    async def close(self, group: str, timeout: float = 10) -> dict[str, Any]:
+        """Close every connection of ``group`` from the client side, with 1000."""
+        members = self.groups.pop(group, [])
+        for member in members:
+            if member.transport is not None and not member.transport.is_close_frame_sent:
+                member.transport.send_close(WSCloseCode.OK)
+        return await self.wait_disconnected(members, timeout)
+
+    async def closes(self, group: str, timeout: float) -> dict[str, Any]:
+        """Wait until the server has closed every connection of ``group``."""
+        return await self.wait_disconnected(self.groups.pop(group, []), timeout)
+
+    async def wait_disconnected(self, members: list[Member], timeout: float) -> dict[str, Any]:
+        transports = [m.transport for m in members if m.transport is not None]
+        start = time.perf_counter()
+        waits = [asyncio.ensure_future(t.wait_disconnected()) for t in transports]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+        for wait in waits:
+            wait.cancel()
+        codes = collections.Counter(
+            "none" if m.close_code is None else str(m.close_code) for m in members
+        )
+        still_open = sum(not t.is_disconnected for t in transports)
+        for transport in transports:
+            transport.disconnect(graceful=False)
+        return {
+            "codes": dict(codes),
+            "still_open": still_open,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+async def serve_commands() -> None:
+    """Answer one JSON line on stdout for each JSON line on stdin."""
+    agent = Agent()
+    ops = {
+        "open": agent.open,
+        "loop": agent.loop,
+        "latency": agent.latency,
+        "close": agent.close,
+        "closes": agent.closes,
+    }
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            break
+        command = json.loads(line)
+        op = command.pop("op")
+        if op == "exit":
+            break
+        try:
+            answer = await ops[op](**command)
+        except Exception as exc:  # the driver shows it and gives up
+            answer = {"error": f"{op}: {exc!r}"}
+        print(json.dumps(answer), flush=True)
+    for members in agent.groups.values():
+        for member in members:
+            if member.transport is not None:
+                member.transport.disconnect(graceful=False)
+
+
+def main() -> None:
+    # One file descriptor per connection: take all the kernel allows us.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_commands())
+    else:
+        uvloop.run(serve_commands())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Processes of a benchmark: a server pinned to one CPU, the load client to another.
+
+Pinning keeps the two from competing for a core, so that the server's CPU
+time per message is its own and the client's speed does not depend on the
+server's load. Servers run in their own process group, which is killed in
+every ``finally``: a benchmark that fails half-way leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLIENT_CPU",
+    "SERVER_CPU",
+    "ClientProcess",
+    "ServerProcess",
+    "free_port",
+    "pinning",
+    "rss_kib",
+    "started_client",
+]
+
+BENCH = Path(__file__).resolve().parent
+
+#: CPUs for the server and for the client (and this driver), when there are two.
+SERVER_CPU, CLIENT_CPU = 0, 1
+
+
+#: The CPUs we may use, read before the driver pins itself to the client's.
+ALLOWED_CPUS = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+
+
+def pinning() -> bool:
+    """Tell whether both CPUs exist for us; otherwise nothing is pinned."""
+    return {SERVER_CPU, CLIENT_CPU} <= ALLOWED_CPUS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+class ServerProcess:
+    """A server started in its own process group on a free loopback port."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        env = {**env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        command = list(argv)
+        taskset = shutil.which("taskset")
+        if pinning() and taskset:
+            # Pinned before exec, so even the interpreter's start-up runs there.
+            command = [taskset, "-c", str(SERVER_CPU), *command]
+        with open(log, "ab") as output:
+            self.started = time.perf_counter()
+            self.popen = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if pinning() and not taskset:
+            os.sched_setaffinity(self.popen.pid, {SERVER_CPU})
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def wait_healthy(self, timeout: float = 60) -> float:
+        """Poll GET /healthz until it answers 200; return seconds since start."""
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.popen.returncode} while booting:\n" + self.log_tail()
+                )
+            if await self.health() == 200:
+                return time.perf_counter() - self.started
+            await asyncio.sleep(0.002)
+        raise RuntimeError(f"no 200 from /healthz within {timeout} s:\n{self.log_tail()}")
+
+    async def health(self) -> int | None:
+        """Status of one GET /healthz on a new connection; ``None`` if refused."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return None
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            return int(status_line.split()[1]) if status_line else None
+        except (OSError, TimeoutError, ValueError, IndexError):
+            return None
+        finally:
+            writer.close()
+
+    async def terminate(self, timeout: float = 60) -> tuple[float, int | None]:
+        """SIGTERM; return seconds until the process exited, and its status."""
+        start = time.perf_counter()
+        self.popen.send_signal(signal.SIGTERM)
+        deadline = start + timeout
+        while self.popen.poll() is None and time.perf_counter() < deadline:
+            await asyncio.sleep(0.002)
+        return time.perf_counter() - start, self.popen.returncode
+
+    def kill(self) -> None:
+        """Kill the whole process group, whatever state it is in."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+
+
+class ClientProcess:
+    """The load client (client.py), driven one JSON line at a time."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def request(self, op: str, limit: float, **arguments: Any) -> dict[str, Any]:
+        """Send one command; return its answer within ``limit`` seconds, or raise."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"op": op, **arguments}).encode() + b"\n")
+        await self.process.stdin.drain()
+        line = await asyncio.wait_for(self.process.stdout.readline(), limit)
+        if not line:
+            raise RuntimeError(f"load client exited during {op}")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"load client: {answer['error']}")
+        return answer
+
+
+@contextlib.asynccontextmanager
+async def started_client() -> AsyncIterator[ClientProcess]:
+    """Run client.py, pinned to the client's CPU, until the block ends."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(BENCH / "client.py"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        if pinning():
+            os.sched_setaffinity(process.pid, {CLIENT_CPU})
+        yield ClientProcess(process)
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 10)

@@ -1,0 +1,325 @@
+"""Turn rounds of measurements into one table, ratios to (b), and RESULTS.md.
+
+Every number in the table is the median over rounds; every ratio divides
+(a)'s or a peer's median by (b)'s from the same run, since absolute numbers
+drift between runs on a shared machine and ratios much less.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from targets import BASELINE, TEMPLATE, Target
+
+__all__ = ["machine", "render", "summarize", "versions"]
+
+#: Libraries whose versions decide the numbers.
+LIBRARIES = (
+    "websockets",
+    "aiohttp",
+    "uvloop",
+    "uvicorn",
+    "starlette",
+    "anyio",
+    "h11",
+    "picows",
+    "aiofastnet",
+    "cookiecutter",
+    "prometheus-client",
+    "redis",
+)
+
+#: Client CPU share above which a throughput is the client's, not the server's.
+CLIENT_BOUND = 0.9
+
+
+def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of one target's records (see scenarios.measure)."""
+
+    def median(pick: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(pick(r) for r in rounds)
+
+    counts = list(rounds[0]["kib_per_idle"])
+    codes: Counter[str] = Counter()
+    for r in rounds:
+        codes.update(r["sigterm"]["codes"])
+    connections = rounds[0]["sigterm"]["connections"]
+    return {
+        "fanout_cpu_us": median(lambda r: r["fanout"]["cpu_us"]),
+        "fanout_per_s": median(lambda r: r["fanout"]["deliveries_per_s"]),
+        "fanout_client_busy": median(lambda r: r["fanout"]["client_busy"]),
+        "fanout_server_busy": median(lambda r: r["fanout"]["server_busy"]),
+        "echo_cpu_us": median(lambda r: r["echo"]["cpu_us"]),
+        "echo_per_s": median(lambda r: r["echo"]["round_trips_per_s"]),
+        "echo_client_busy": median(lambda r: r["echo"]["client_busy"]),
+        "echo_server_busy": median(lambda r: r["echo"]["server_busy"]),
+        "kib_per_idle": {c: median(lambda r, c=c: r["kib_per_idle"][c]) for c in counts},
+        "boot_ms": statistics.median(b * 1000 for r in rounds for b in r["boot"]),
+        "sigterm_s": median(lambda r: r["sigterm"]["seconds"]),
+        "sigterm_max_s": max(r["sigterm"]["seconds"] for r in rounds),
+        "sigterm_connections": connections,
+        "close_codes": dict(codes),
+        "all_saw_1001": all(
+            r["sigterm"]["codes"] == {"1001": r["sigterm"]["connections"]} for r in rounds
+        ),
+        "exit_statuses": sorted({r["sigterm"]["status"] for r in rounds}, key=str),
+        "latency_ms": median(lambda r: r["latency"] * 1000),
+        "rounds": len(rounds),
+    }
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
+def cell(value: float, base: float, digits: int = 1, mark: str = "") -> str:
+    return f"{value:,.{digits}f}{mark} ({ratio(value, base)})"
+
+
+def table(
+    rows: dict[str, dict[str, Any]], labels: dict[str, str], settings: dict[str, Any]
+) -> list[str]:
+    """The one results table, a row per server, ratios to the baseline's row."""
+    base = rows[BASELINE]
+    counts = list(base["kib_per_idle"])
+    latency_clients = f"{settings['latency_clients']:,}"
+    header = [
+        "server",
+        "fan-out: server CPU µs / delivery",
+        "fan-out: deliveries / s",
+        "echo: server CPU µs / round trip",
+        "echo: round trips / s",
+        *(f"KiB RSS / idle conn. @ {int(c):,}" for c in counts),
+        "boot → first 200, ms",
+        f"SIGTERM → exit @ {base['sigterm_connections']:,} conn., s",
+        "close codes seen (exit status)",
+        f"1 message → {latency_clients} clients, ms",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, row in rows.items():
+
+        def busy(share: float) -> str:
+            return "*" if share >= CLIENT_BOUND else ""
+
+        codes = ", ".join(f"{code} x{n:,}" for code, n in sorted(row["close_codes"].items()))
+        statuses = ", ".join(str(s) for s in row["exit_statuses"])
+        cells = [
+            labels[key],
+            cell(row["fanout_cpu_us"], base["fanout_cpu_us"], 2),
+            cell(row["fanout_per_s"], base["fanout_per_s"], 0, busy(row["fanout_client_busy"])),
+            cell(row["echo_cpu_us"], base["echo_cpu_us"], 2),
+            cell(row["echo_per_s"], base["echo_per_s"], 0, busy(row["echo_client_busy"])),
+            *(cell(row["kib_per_idle"][c], base["kib_per_idle"][c]) for c in counts),
+            cell(row["boot_ms"], base["boot_ms"], 0),
+            cell(row["sigterm_s"], base["sigterm_s"], 2),
+            f"{codes} ({statuses})",
+            cell(row["latency_ms"], base["latency_ms"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def goals(rows: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
+    """Issue 8's targets for (a), each with met or not and the numbers behind it."""
+    a, b = rows["a"], rows[BASELINE]
+    peers = {k: r for k, r in rows.items() if k != "a"}
+    fanout_ratio = a["fanout_cpu_us"] / b["fanout_cpu_us"]
+    lowest_peer = min(r["fanout_cpu_us"] for r in peers.values())
+    worst_kib = max(a["kib_per_idle"].values())
+    boot_ratio = a["boot_ms"] / b["boot_ms"]
+    connections = a["sigterm_connections"]
+    return [
+        (
+            "fan-out server CPU per delivery ≤ 0.5x (b) and lower than every peer",
+            fanout_ratio <= 0.5 and a["fanout_cpu_us"] < lowest_peer,
+            f"{fanout_ratio:.2f}x (b); (a) {a['fanout_cpu_us']:.2f} µs, "
+            f"lowest peer {lowest_peer:.2f} µs",
+        ),
+        (
+            "echo ≥ 2x (b)'s round trips/s",
+            a["echo_per_s"] >= 2 * b["echo_per_s"],
+            f"{a['echo_per_s'] / b['echo_per_s']:.2f}x",
+        ),
+        (
+            "≤ 16 KiB RSS per idle connection",
+            worst_kib <= 16,
+            ", ".join(f"{v:.1f} KiB @ {int(c):,}" for c, v in a["kib_per_idle"].items()),
+        ),
+        ("boot to healthy within 1.2x of (b)", boot_ratio <= 1.2, f"{boot_ratio:.2f}x"),
+        (
+            f"SIGTERM with {connections:,} connections: every client sees 1001, exit within 2 s",
+            a["all_saw_1001"] and a["sigterm_max_s"] <= 2,
+            f"codes {a['close_codes']}, slowest exit {a['sigterm_max_s']:.2f} s, "
+            f"exit status {a['exit_statuses']}",
+        ),
+    ]
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.processor() or "unknown",
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def template_revision() -> str:
+    """The commit the template was baked from, and whether it had local edits."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(TEMPLATE), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(TEMPLATE),
+                "status",
+                "--porcelain",
+                "--",
+                "{{cookiecutter.project_slug}}",
+                "cookiecutter.json",
+                "hooks",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
+def render(
+    rows: dict[str, dict[str, Any]],
+    chosen: Sequence[Target],
+    settings: dict[str, Any],
+    command: str,
+    pinned: bool,
+) -> str:
+    """The whole of RESULTS.md."""
+    labels = {t.key: t.label for t in chosen}
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    box = machine()
+    lines = [
+        "# Benchmark: the baked app side by side with its peers",
+        "",
+        f"Written by `{command}` on {now}; template at commit {template_revision()}.",
+        "Benchmarks, not tests: nothing here is asserted, and only ratios from the same",
+        "run compare (absolute numbers drift on a shared machine).",
+        "",
+        "## Results",
+        "",
+        f"Medians of {settings['runs']} rounds; ratios are to (b), the websockets deployment",
+        "guide's example grown into rooms with `broadcast()`. `*` marks a throughput the",
+        f"load client limited (it was ≥ {CLIENT_BOUND:.0%} busy): the server had spare CPU.",
+        "",
+        *table(rows, labels, settings),
+        "",
+        "## Issue 8's targets for (a), against (b)",
+        "",
+    ]
+    if "a" in rows:
+        for goal, met, numbers in goals(rows):
+            lines.append(f"- {'met' if met else '**missed**'}: {goal} ({numbers})")
+    lines += [
+        "",
+        "## Servers",
+        "",
+        *(f"- {t.label}: `{' '.join(shorten(t.argv))}`; {t.notes}." for t in chosen),
+        "",
+        "## Workloads",
+        "",
+        f"- fan-out: {settings['fanout_clients']} clients in one room, each sending a"
+        " 64-byte text message as soon as its previous one came back to it (a closed"
+        " loop); every message goes to every member. Deliveries = messages received,"
+        " counted by the clients.",
+        f"- echo: {settings['echo_clients']} clients, each alone in its own room, doing"
+        " 64-byte round trips in a closed loop.",
+        f"- Both run {settings['warmup']} s of warm-up, then a {settings['seconds']} s window."
+        " Server CPU = utime + stime from /proc/<pid>/stat over the window, divided by the"
+        " deliveries in the window.",
+        "- memory: a fresh server process, VmRSS after boot, then after opening idle"
+        f" connections (in 100 rooms) up to {', '.join(f'{c:,}' for c in settings['idle_counts'])};"
+        " (RSS - RSS after boot) ÷ connections.",
+        "- boot: from just before spawning the process to the first 200 from GET /healthz,"
+        " polled every 2 ms on new connections (two boots per round).",
+        f"- SIGTERM: with the {settings['idle_counts'][-1]:,} idle connections open, time"
+        " from the signal to the process's exit, and the close code each client got"
+        " (`none`: the connection ended without a close frame).",
+        f"- latency: {settings['latency_clients']:,} clients in one room; one sends a message,"
+        " the time until the last of them has it, median of"
+        f" {settings['latency_samples']} messages (includes the client reading all of them).",
+        "- Redis cross-process latency: skipped (optional in issue 8, not measured).",
+        "",
+        "## Load client",
+        "",
+        "One client for every server: `bench/client.py`, picows on uvloop in one process,",
+        "driven by `bench/run.py` over a pipe. It offers per-message deflate as browsers do",
+        "(`permessage-deflate; client_max_window_bits`), so servers that enable it by default",
+        "pay for it: (b) and (d) negotiate it; (a) and aiohttp do not. Share of one CPU each"
+        " side was busy over the window (the server should be near 100%):",
+        "",
+        *(
+            f"- {labels[k]}: fan-out server {r['fanout_server_busy']:.0%}, client"
+            f" {r['fanout_client_busy']:.0%}; echo server {r['echo_server_busy']:.0%},"
+            f" client {r['echo_client_busy']:.0%}"
+            for k, r in rows.items()
+        ),
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {box['cpu']}, {box['cores']} cores"
+        + (
+            "; server pinned to CPU 0 (taskset), load client and driver to CPU 1"
+            if pinned
+            else "; not pinned (fewer than 2 CPUs available)"
+        ),
+        f"- memory: {box['memory_gib']} GiB; kernel {box['kernel']}; Python {box['python']}",
+        "- libraries: " + ", ".join(f"{name} {v}" for name, v in versions().items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def shorten(argv: Sequence[str]) -> list[str]:
+    """Show commands as a reader would type them: no absolute paths."""
+    shown = []
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute() and path.name.startswith("python"):
+            shown.append("python")
+        elif path.is_absolute() and TEMPLATE in path.parents:
+            shown.append(str(path.relative_to(TEMPLATE)))
+        else:
+            shown.append(arg)
+    return shown

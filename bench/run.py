@@ -1,0 +1,142 @@
+"""Benchmark the baked template side by side with its peers, and write RESULTS.md.
+
+Bakes the template with its defaults and runs it, the websockets guide's
+example grown into rooms, aiohttp (asyncio and uvloop) and Starlette on
+uvicorn through the same workloads with the same load client, server on CPU
+0 and client on CPU 1, then prints one table with ratios to the websockets
+example. It asserts nothing about speed.
+
+    python bench/run.py            # full run (about 8 minutes), rewrites bench/RESULTS.md
+    python bench/run.py --smoke    # seconds, tiny counts: does it work? (prints, writes nothing)
+
+Compare numbers from one run on one machine: absolute times drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import report
+import scenarios
+from procs import CLIENT_CPU, pinning
+from targets import BASELINE, bake, targets
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+SMOKE = scenarios.Settings(
+    fanout_clients=8,
+    echo_clients=4,
+    seconds=0.3,
+    warmup=0.1,
+    latency_clients=20,
+    latency_samples=3,
+    idle_counts=(100, 300),
+    settle=0.2,
+    shutdown_timeout=20.0,
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, 1 round, no RESULTS.md")
+    parser.add_argument("--runs", type=int, help="rounds per server; medians are reported (3)")
+    parser.add_argument(
+        "--only", help="comma-separated server keys (a, b, c-asyncio, c-uvloop, d); b is kept"
+    )
+    parser.add_argument("--output", type=Path, help=f"markdown file (default {RESULTS.name})")
+    parser.add_argument("--json", type=Path, help="also write every number as JSON here")
+    defaults = scenarios.Settings()
+    parser.add_argument("--seconds", type=float, help=f"load window ({defaults.seconds} s)")
+    parser.add_argument("--fanout-clients", type=int, help=f"({defaults.fanout_clients})")
+    parser.add_argument("--echo-clients", type=int, help=f"({defaults.echo_clients})")
+    parser.add_argument("--latency-clients", type=int, help=f"({defaults.latency_clients})")
+    parser.add_argument("--idle", help="idle connection counts, comma-separated (2000,10000)")
+    args = parser.parse_args(argv)
+    if args.smoke and args.output is not None and args.output.resolve() == RESULTS:
+        parser.error("--smoke never writes RESULTS.md")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> scenarios.Settings:
+    settings = SMOKE if args.smoke else scenarios.Settings()
+    overrides: dict[str, Any] = {
+        "seconds": args.seconds,
+        "fanout_clients": args.fanout_clients,
+        "echo_clients": args.echo_clients,
+        "latency_clients": args.latency_clients,
+        "idle_counts": tuple(int(n) for n in args.idle.split(",")) if args.idle else None,
+    }
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+async def run_all(
+    args: argparse.Namespace, settings: scenarios.Settings, workdir: Path
+) -> tuple[dict[str, dict[str, Any]], list[Any]]:
+    """Every round of every server, interleaved so that drift hits them alike."""
+    project, package = bake(workdir / "baked")
+    chosen = targets(project, package)
+    if args.only:
+        keys = {BASELINE, *args.only.split(",")}
+        chosen = [t for t in chosen if t.key in keys]
+    logs = workdir / "logs"
+    logs.mkdir()
+    runs = args.runs or (1 if args.smoke else 3)
+    rounds: dict[str, list[dict[str, Any]]] = {t.key: [] for t in chosen}
+    for round_ in range(runs):
+        for target in chosen:
+            start = time.perf_counter()
+            rounds[target.key].append(await scenarios.measure(target, settings, logs, round_))
+            print(
+                f"round {round_ + 1}/{runs} {target.label}: {time.perf_counter() - start:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rounds, chosen
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    # One file descriptor per connection; children inherit the raised limit.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    pinned = pinning()
+    if pinned:
+        os.sched_setaffinity(0, {CLIENT_CPU})  # keep the server's CPU for the server
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        rounds, chosen = asyncio.run(run_all(args, settings, Path(workdir)))
+    rows = {key: report.summarize(records) for key, records in rounds.items()}
+    runs = len(next(iter(rounds.values())))
+    shown = {**dataclasses.asdict(settings), "runs": runs}
+    command = shlex.join(["python", "bench/run.py", *argv])
+    markdown = report.render(rows, chosen, shown, command, pinned)
+    output = args.output or (None if args.smoke else RESULTS)
+    if output is None:
+        print(markdown)
+    else:
+        output.write_text(markdown)
+        print(f"wrote {output}", file=sys.stderr)
+    if args.json is not None:
+        everything = {
+            "settings": shown,
+            "rows": rows,
+            "rounds": rounds,
+            "goals": report.goals(rows) if "a" in rows else [],
+        }
+        args.json.write_text(json.dumps(everything, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

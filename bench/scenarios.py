@@ -1,0 +1,162 @@
+"""What one round measures on one server, in two fresh server processes.
+
+The first process carries the load (fan-out, echo, a 1,000-client room);
+the second only holds idle connections, then gets SIGTERM. Memory is
+measured on a process that has carried no load, so that idle connections
+cannot hide in heap the load left behind, and shutdown with a known number
+of connections. Each process also gives a boot time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Any
+
+from procs import ClientProcess, ServerProcess, rss_kib, started_client
+from targets import Target
+
+__all__ = ["Settings", "measure"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Sizes and durations of one round; --smoke shrinks them all."""
+
+    fanout_clients: int = 8
+    echo_clients: int = 32
+    seconds: float = 3.0
+    warmup: float = 0.5
+    latency_clients: int = 1000
+    latency_samples: int = 15
+    idle_counts: tuple[int, ...] = (2000, 10000)
+    settle: float = 1.0
+    shutdown_timeout: float = 30.0
+
+
+async def measure(target: Target, settings: Settings, logs: Path, round_: int) -> dict[str, Any]:
+    """One round on ``target``: both processes, merged into one record."""
+    stem = f"{target.key}-{round_}"
+    loaded = await under_load(target, settings, logs / f"{stem}-load.log")
+    idle = await idle_then_sigterm(target, settings, logs / f"{stem}-idle.log")
+    return {**loaded, **idle, "boot": [loaded["boot"], idle["boot"]]}
+
+
+async def under_load(target: Target, settings: Settings, log: Path) -> dict[str, Any]:
+    server = ServerProcess(target.argv, target.env, target.cwd, log)
+    try:
+        boot = await server.wait_healthy()
+        async with started_client() as client:
+            fanout = await closed_loop(
+                client, server, settings, "/ws/fanout", settings.fanout_clients, rooms=1
+            )
+            echo = await closed_loop(
+                client,
+                server,
+                settings,
+                "/ws/echo{i}",
+                settings.echo_clients,
+                rooms=settings.echo_clients,
+            )
+            latency = await crowd_latency(client, server, settings)
+    finally:
+        server.kill()
+    return {"boot": boot, "fanout": fanout, "echo": echo, "latency": latency}
+
+
+async def open_group(
+    client: ClientProcess, server: ServerProcess, group: str, path: str, count: int, rooms: int
+) -> None:
+    answer = await client.request(
+        "open",
+        limit=60 + count / 50,
+        group=group,
+        url=f"ws://127.0.0.1:{server.port}",
+        path=path,
+        count=count,
+        rooms=rooms,
+    )
+    if answer["failed"]:
+        raise RuntimeError(
+            f"{answer['failed']} of {count} connections failed, e.g. {answer['errors']}:\n"
+            + server.log_tail()
+        )
+
+
+async def closed_loop(
+    client: ClientProcess,
+    server: ServerProcess,
+    settings: Settings,
+    path: str,
+    count: int,
+    rooms: int,
+) -> dict[str, float]:
+    """Each client sends its next 64-byte message when its last one comes back."""
+    await open_group(client, server, "loop", path, count, rooms)
+    answer = await client.request(
+        "loop",
+        limit=settings.warmup + settings.seconds + 60,
+        group="loop",
+        seconds=settings.seconds,
+        warmup=settings.warmup,
+        server_pid=server.pid,
+    )
+    await client.request("close", limit=30, group="loop")
+    if answer["closed"] or answer["lost"] or not answer["deliveries"]:
+        raise RuntimeError(
+            f"messages lost or connections closed under load: {answer}\n" + server.log_tail()
+        )
+    return {
+        "cpu_us": answer["server_cpu"] / answer["deliveries"] * 1e6,
+        "deliveries_per_s": answer["deliveries"] / answer["elapsed"],
+        "round_trips_per_s": answer["returned"] / answer["elapsed"],
+        "client_busy": answer["client_cpu"] / answer["elapsed"],
+        "server_busy": answer["server_cpu"] / answer["elapsed"],
+    }
+
+
+async def crowd_latency(client: ClientProcess, server: ServerProcess, settings: Settings) -> float:
+    """Median seconds for one message to reach every client of a large room."""
+    count = settings.latency_clients
+    await open_group(client, server, "crowd", "/ws/crowd", count, rooms=1)
+    answer = await client.request(
+        "latency",
+        limit=10 * settings.latency_samples + 30,
+        group="crowd",
+        samples=settings.latency_samples,
+    )
+    await client.request("close", limit=30, group="crowd")
+    return statistics.median(answer["latencies"])
+
+
+async def idle_then_sigterm(target: Target, settings: Settings, log: Path) -> dict[str, Any]:
+    server = ServerProcess(target.argv, target.env, target.cwd, log)
+    try:
+        boot = await server.wait_healthy()
+        await asyncio.sleep(settings.settle)
+        baseline = rss_kib(server.pid)
+        kib_per_connection: dict[str, float] = {}
+        async with started_client() as client:
+            opened = 0
+            for count in settings.idle_counts:
+                await open_group(client, server, "idle", "/ws/idle{i}", count - opened, rooms=100)
+                opened = count
+                await asyncio.sleep(settings.settle)
+                kib_per_connection[str(count)] = (rss_kib(server.pid) - baseline) / count
+            seconds, status = await server.terminate(settings.shutdown_timeout)
+            closes = await client.request("closes", limit=60, group="idle", timeout=10)
+    finally:
+        server.kill()
+    return {
+        "boot": boot,
+        "kib_per_idle": kib_per_connection,
+        "sigterm": {
+            "connections": opened,
+            "seconds": seconds,
+            "status": status,
+            "codes": closes["codes"],
+            "still_open": closes["still_open"],
+        },
+    }
