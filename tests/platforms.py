@@ -16,6 +16,7 @@ import signal
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import yaml
 from honcho.environ import parse_procfile
@@ -210,5 +211,41 @@ def kubernetes(project: Path, port: int | None = None) -> Launch:
         health=("GET", probe["path"]),
         kill_signal=signal.SIGTERM,
         grace_seconds=pod["terminationGracePeriodSeconds"] - pre_stop,
+        signal_every_process=False,
+    )
+
+
+def koyeb_button(project: Path) -> dict[str, str]:
+    """The query of the README's Deploy to Koyeb button: Koyeb's only configuration."""
+    (url,) = re.findall(r"\(https://app\.koyeb\.com/deploy\?([^)\s]+)\)", readme(project))
+    return dict(parse_qsl(url, strict_parsing=True))
+
+
+def readme(project: Path) -> str:
+    return (project / "README.md").read_text()
+
+
+def koyeb(project: Path, port: int | None = None) -> Launch:
+    """Koyeb builds the Dockerfile and sets PORT to the exposed port.
+
+    Its grace period between SIGTERM and SIGKILL is not documented: the
+    lifecycle test gives the app SHUTDOWN_TIMEOUT plus the same 5 s margin
+    the other platforms leave, and no more.
+    """
+    button = koyeb_button(project)
+    image = read_dockerfile(project / button.get("dockerfile", "Dockerfile"))
+    exposed, _, _ = button["ports"].split(";")
+    env = {
+        **image.env,
+        **{key[4:-1]: value for key, value in button.items() if key.startswith("env[")},
+        "PORT": exposed if port is None else str(port),
+    }
+    return Launch(
+        platform="koyeb",
+        argv=image.cmd,
+        env=env,
+        health=("GET", button[f"hc_path[{exposed}]"]),
+        kill_signal=signal.SIGTERM,
+        grace_seconds=float(env["SHUTDOWN_TIMEOUT"]) + 5,
         signal_every_process=False,
     )

@@ -248,7 +248,7 @@ CLIENTS = 5
 
 
 @pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "no-redis"])
-@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("platform", [*PLATFORMS, "koyeb"])
 def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
     bake: Callable[..., Path],
     request: pytest.FixtureRequest,
@@ -416,3 +416,28 @@ def test_kubernetes_reads_redis_url_from_an_optional_secret(bake: Callable[..., 
     assert redis_url["valueFrom"]["secretKeyRef"]["optional"] is True
     without = platforms.kubernetes_container(bake(deploy_kubernetes=True, use_redis=False))["env"]
     assert "REDIS_URL" not in {var["name"] for var in without}
+
+
+# --- Koyeb ------------------------------------------------------------------
+
+
+def test_koyeb_button_builds_the_dockerfile_and_exposes_its_port(
+    every_target_project: Path,
+) -> None:
+    button = platforms.koyeb_button(every_target_project)
+    image = platforms.read_dockerfile(every_target_project / "Dockerfile")
+    assert (button["type"], button["builder"]) == ("git", "dockerfile")
+    assert button["name"] == "my-websocket-app"
+    assert button["ports"] == f"{image.env['PORT']};http;/"
+
+
+def test_koyeb_button_checks_the_health_path_the_app_serves(every_target_project: Path) -> None:
+    button = platforms.koyeb_button(every_target_project)
+    port = button["ports"].split(";")[0]
+    served = app_setting(every_target_project, "HEALTH_PATH", {})
+    assert (button[f"hc_protocol[{port}]"], button[f"hc_path[{port}]"]) == ("http", served)
+
+
+def test_koyeb_section_appears_only_when_asked_for(bake: Callable[..., Path]) -> None:
+    assert "### Koyeb" not in platforms.readme(bake())
+    assert "### Koyeb" in platforms.readme(bake(deploy_koyeb=True))
