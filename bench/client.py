@@ -18,33 +18,20 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import resource
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import cpu
 import deflate
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MESSAGE_SIZE = 64
 TAG_SIZE = 7
 
 __all__ = ["Agent", "Member"]
-
-
-def server_cpu_seconds(pid: int) -> float:
-    """utime + stime of a whole process (every thread), from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Counters:
@@ -140,17 +127,18 @@ class Agent:
         }
 
     async def loop(
-        self, group: str, seconds: float, warmup: float, server_pid: int
+        self, group: str, seconds: float, warmup: float, server_pid: int, in_flight: int = 1
     ) -> dict[str, Any]:
-        """Closed loop: each member sends its next message when its last comes back.
+        """Closed loop: each member keeps ``in_flight`` of its messages on their way.
 
-        In a shared room every member receives every message; alone in a
-        room, a member receives only its own (an echo). Counts and CPU times
-        are read at the start and the end of the window, after a warm-up.
+        It sends one more each time one of its own comes back. In a shared
+        room every member receives every message; alone in a room, a member
+        receives only its own (an echo). Counts and CPU times are read at the
+        start and the end of the window, after a warm-up.
         """
         members = self.groups[group]
         running = True
-        waiting: set[Member] = set(members)  # whose message is on its way
+        on_their_way = dict.fromkeys(members, in_flight)  # by sender
         drained = asyncio.get_running_loop().create_future()
 
         def on_message(member: Member, payload: bytes) -> None:
@@ -160,13 +148,16 @@ class Agent:
             if running:
                 member.send(member.message)
                 return
-            waiting.discard(member)
-            if not waiting and not drained.done():
-                drained.set_result(None)
+            on_their_way[member] -= 1
+            if not on_their_way[member]:
+                del on_their_way[member]
+                if not on_their_way and not drained.done():
+                    drained.set_result(None)
 
         for member in members:
             member.on_message = on_message
-            member.send(member.message)
+            for _ in range(in_flight):
+                member.send(member.message)
         await asyncio.sleep(warmup)
         before = self.snapshot(server_pid)
         await asyncio.sleep(seconds)
@@ -182,7 +173,8 @@ class Agent:
             "returned": after["returned"] - before["returned"],
             "server_cpu": after["server_cpu"] - before["server_cpu"],
             "client_cpu": after["client_cpu"] - before["client_cpu"],
-            "lost": len(waiting),
+            "machine_cpu": after["machine_cpu"] - before["machine_cpu"],
+            "lost": sum(on_their_way.values()),
             "closed": sum(m.close_code is not None for m in members),
         }
 
@@ -191,8 +183,9 @@ class Agent:
             "time": time.perf_counter(),
             "deliveries": self.counters.deliveries,
             "returned": self.counters.returned,
-            "server_cpu": server_cpu_seconds(server_pid),
-            "client_cpu": own_cpu_seconds(),
+            "server_cpu": cpu.process_seconds(server_pid),
+            "client_cpu": cpu.own_seconds(),
+            "machine_cpu": cpu.machine_seconds(),
         }
 
     async def latency(self, group: str, samples: int, timeout: float = 10) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "echo_per_s": median(lambda r: r["echo"]["round_trips_per_s"]),
         "echo_client_busy": median(lambda r: r["echo"]["client_busy"]),
         "echo_server_busy": median(lambda r: r["echo"]["server_busy"]),
+        "others_busy": max(r[w]["others_busy"] for r in rounds for w in ("fanout", "echo")),
         "kib_per_idle": {c: median(lambda r, c=c: r["kib_per_idle"][c]) for c in counts},
         "boot_ms": statistics.median(b * 1000 for r in rounds for b in r["boot"]),
         "sigterm_s": median(lambda r: r["sigterm"]["seconds"]),
@@ -74,6 +75,7 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "exit_statuses": sorted({r["sigterm"]["status"] for r in rounds}, key=str),
         "latency_ms": median(lambda r: r["latency"] * 1000),
         "rounds": len(rounds),
+        "busy_before": max(r.get("machine_busy_before", 0.0) for r in rounds),
     }
 
 
@@ -287,12 +289,13 @@ def render(
         "driven by `bench/run.py` over a pipe. It offers per-message deflate as browsers do",
         "(`permessage-deflate; client_max_window_bits`), so servers that enable it by default",
         "pay for it: (b) and (d) negotiate it; (a) and aiohttp do not. Share of one CPU each"
-        " side was busy over the window (the server should be near 100%):",
+        " side was busy over the load windows (the server should be near 100%), and the most"
+        " that other processes of the machine used in any one window (noise: ideally 0%):",
         "",
         *(
             f"- {labels[k]}: fan-out server {r['fanout_server_busy']:.0%}, client"
             f" {r['fanout_client_busy']:.0%}; echo server {r['echo_server_busy']:.0%},"
-            f" client {r['echo_client_busy']:.0%}"
+            f" client {r['echo_client_busy']:.0%}; others up to {r['others_busy']:.0%}"
             for k, r in rows.items()
         ),
         "",
@@ -305,6 +308,9 @@ def render(
             else "; not pinned (fewer than 2 CPUs available)"
         ),
         f"- memory: {box['memory_gib']} GiB; kernel {box['kernel']}; Python {box['python']}",
+        "- load from other jobs just before a round (CPUs in use; run.py waits up to"
+        " --quiet-wait seconds for less than 0.15): up to "
+        f"{max(r['busy_before'] for r in rows.values()):.2f}",
         "- libraries: " + ", ".join(f"{name} {v}" for name, v in versions().items()),
         "",
     ]

@@ -27,12 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cpu
 import report
 import scenarios
 from procs import CLIENT_CPU, pinning
 from targets import BASELINE, bake, targets
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+#: CPUs in use, by anything, below which the machine counts as idle.
+QUIET = 0.15
 
 SMOKE = scenarios.Settings(
     fanout_clients=8,
@@ -56,10 +60,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, help=f"markdown file (default {RESULTS.name})")
     parser.add_argument("--json", type=Path, help="also write every number as JSON here")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="before each round, wait up to this many seconds for other jobs to leave the"
+        " machine idle (60; 0 with --smoke)",
+    )
     defaults = scenarios.Settings()
     parser.add_argument("--seconds", type=float, help=f"load window ({defaults.seconds} s)")
     parser.add_argument("--fanout-clients", type=int, help=f"({defaults.fanout_clients})")
     parser.add_argument("--echo-clients", type=int, help=f"({defaults.echo_clients})")
+    parser.add_argument(
+        "--in-flight", type=int, help=f"messages in flight per client ({defaults.in_flight})"
+    )
     parser.add_argument("--latency-clients", type=int, help=f"({defaults.latency_clients})")
     parser.add_argument("--idle", help="idle connection counts, comma-separated (2000,10000)")
     args = parser.parse_args(argv)
@@ -74,6 +87,7 @@ def settings_from(args: argparse.Namespace) -> scenarios.Settings:
         "seconds": args.seconds,
         "fanout_clients": args.fanout_clients,
         "echo_clients": args.echo_clients,
+        "in_flight": args.in_flight,
         "latency_clients": args.latency_clients,
         "idle_counts": tuple(int(n) for n in args.idle.split(",")) if args.idle else None,
     }
@@ -93,16 +107,35 @@ async def run_all(
     logs.mkdir()
     runs = args.runs or (1 if args.smoke else 3)
     rounds: dict[str, list[dict[str, Any]]] = {t.key: [] for t in chosen}
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.smoke else 60)
     for round_ in range(runs):
         for target in chosen:
+            busy = await asyncio.to_thread(wait_for_quiet, quiet_wait)
             start = time.perf_counter()
-            rounds[target.key].append(await scenarios.measure(target, settings, logs, round_))
+            record = await scenarios.measure(target, settings, logs, round_)
+            rounds[target.key].append({**record, "machine_busy_before": busy})
             print(
                 f"round {round_ + 1}/{runs} {target.label}: {time.perf_counter() - start:.1f} s",
                 file=sys.stderr,
                 flush=True,
             )
     return rounds, chosen
+
+
+def wait_for_quiet(limit: float) -> float:
+    """Wait up to ``limit`` s until the machine is nearly idle; return its CPUs in use.
+
+    Other jobs on a shared machine skew every number; waiting for a lull
+    costs a little time and spares a noisy table. Whatever the wait, the
+    load found goes into the results.
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        busy = cpu.busy_cpus(0.5)
+        if busy < QUIET or time.monotonic() >= deadline:
+            return busy
+        print(f"machine busy ({busy:.2f} CPUs in use): waiting", file=sys.stderr, flush=True)
+        time.sleep(2)
 
 
 def main(argv: list[str]) -> int:

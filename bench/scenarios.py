@@ -27,6 +27,8 @@ class Settings:
 
     fanout_clients: int = 8
     echo_clients: int = 32
+    #: Messages each client keeps on their way in both closed loops.
+    in_flight: int = 1
     seconds: float = 3.0
     warmup: float = 0.5
     latency_clients: int = 1000
@@ -102,6 +104,7 @@ async def closed_loop(
         seconds=settings.seconds,
         warmup=settings.warmup,
         server_pid=server.pid,
+        in_flight=settings.in_flight,
     )
     await client.request("close", limit=30, group="loop")
     if answer["closed"] or answer["lost"] or not answer["deliveries"]:
@@ -114,6 +117,12 @@ async def closed_loop(
         "round_trips_per_s": answer["returned"] / answer["elapsed"],
         "client_busy": answer["client_cpu"] / answer["elapsed"],
         "server_busy": answer["server_cpu"] / answer["elapsed"],
+        # CPU the rest of the machine used meanwhile: another job sharing it.
+        "others_busy": max(
+            0.0,
+            (answer["machine_cpu"] - answer["server_cpu"] - answer["client_cpu"])
+            / answer["elapsed"],
+        ),
     }
 
 
