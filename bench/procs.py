@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cpu
+
 __all__ = [
     "CLIENT_CPU",
     "SERVER_CPU",
@@ -122,14 +124,26 @@ class ServerProcess:
         finally:
             writer.close()
 
-    async def terminate(self, timeout: float = 60) -> tuple[float, int | None]:
-        """SIGTERM; return seconds until the process exited, and its status."""
+    async def terminate(self, timeout: float = 60) -> dict[str, Any]:
+        """SIGTERM; return the seconds until the process exited, its status, and
+        the CPU time it spent meanwhile (how much of the wait was its own work).
+        """
+        cpu_before = last_cpu = cpu.process_seconds(self.pid)
         start = time.perf_counter()
         self.popen.send_signal(signal.SIGTERM)
         deadline = start + timeout
-        while self.popen.poll() is None and time.perf_counter() < deadline:
+        while time.perf_counter() < deadline:
+            # Read before poll() reaps it: a zombie's /proc entry still has its times.
+            with contextlib.suppress(OSError):
+                last_cpu = cpu.process_seconds(self.pid)
+            if self.popen.poll() is not None:
+                break
             await asyncio.sleep(0.002)
-        return time.perf_counter() - start, self.popen.returncode
+        return {
+            "seconds": time.perf_counter() - start,
+            "status": self.popen.returncode,
+            "cpu": last_cpu - cpu_before,
+        }
 
     def kill(self) -> None:
         """Kill the whole process group, whatever state it is in."""

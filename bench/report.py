@@ -67,6 +67,7 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "boot_ms": statistics.median(b * 1000 for r in rounds for b in r["boot"]),
         "sigterm_s": median(lambda r: r["sigterm"]["seconds"]),
         "sigterm_max_s": max(r["sigterm"]["seconds"] for r in rounds),
+        "sigterm_cpu_s": median(lambda r: r["sigterm"]["cpu"]),
         "sigterm_connections": connections,
         "close_codes": dict(codes),
         "all_saw_1001": all(
@@ -75,7 +76,8 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "exit_statuses": sorted({r["sigterm"]["status"] for r in rounds}, key=str),
         "latency_ms": median(lambda r: r["latency"] * 1000),
         "rounds": len(rounds),
-        "busy_before": max(r.get("machine_busy_before", 0.0) for r in rounds),
+        "busy_before": max(r["machine_busy_before"] for r in rounds),
+        "remeasured": sum(r["attempts"] - 1 for r in rounds),
     }
 
 
@@ -103,7 +105,7 @@ def table(
         *(f"KiB RSS / idle conn. @ {int(c):,}" for c in counts),
         "boot → first 200, ms",
         f"SIGTERM → exit @ {base['sigterm_connections']:,} conn., s",
-        "close codes seen (exit status)",
+        "close codes seen (exit status; server CPU from SIGTERM to exit)",
         f"1 message → {latency_clients} clients, ms",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -123,7 +125,7 @@ def table(
             *(cell(row["kib_per_idle"][c], base["kib_per_idle"][c]) for c in counts),
             cell(row["boot_ms"], base["boot_ms"], 0),
             cell(row["sigterm_s"], base["sigterm_s"], 2),
-            f"{codes} ({statuses})",
+            f"{codes} (exit {statuses}; {row['sigterm_cpu_s']:.2f} s CPU)",
             cell(row["latency_ms"], base["latency_ms"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -310,7 +312,9 @@ def render(
         f"- memory: {box['memory_gib']} GiB; kernel {box['kernel']}; Python {box['python']}",
         "- load from other jobs just before a round (CPUs in use; run.py waits up to"
         " --quiet-wait seconds for less than 0.15): up to "
-        f"{max(r['busy_before'] for r in rows.values()):.2f}",
+        f"{max(r['busy_before'] for r in rows.values()):.2f}; rounds measured again because"
+        " other jobs used more than 0.25 CPUs during their load (--retries): "
+        f"{sum(r['remeasured'] for r in rows.values())}",
         "- libraries: " + ", ".join(f"{name} {v}" for name, v in versions().items()),
         "",
     ]

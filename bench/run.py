@@ -31,12 +31,14 @@ import cpu
 import report
 import scenarios
 from procs import CLIENT_CPU, pinning
-from targets import BASELINE, bake, targets
+from targets import BASELINE, Target, bake, targets
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 #: CPUs in use, by anything, below which the machine counts as idle.
 QUIET = 0.15
+#: CPUs other jobs may use during a load window before the round is measured again.
+NOISY = 0.25
 
 SMOKE = scenarios.Settings(
     fanout_clients=8,
@@ -65,6 +67,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=float,
         help="before each round, wait up to this many seconds for other jobs to leave the"
         " machine idle (60; 0 with --smoke)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        help=f"measure a round again if other jobs used > {NOISY} CPUs during its load"
+        " (1; 0 with --smoke)",
     )
     defaults = scenarios.Settings()
     parser.add_argument("--seconds", type=float, help=f"load window ({defaults.seconds} s)")
@@ -108,18 +116,52 @@ async def run_all(
     runs = args.runs or (1 if args.smoke else 3)
     rounds: dict[str, list[dict[str, Any]]] = {t.key: [] for t in chosen}
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.smoke else 60)
+    retries = args.retries if args.retries is not None else (0 if args.smoke else 1)
     for round_ in range(runs):
         for target in chosen:
-            busy = await asyncio.to_thread(wait_for_quiet, quiet_wait)
             start = time.perf_counter()
-            record = await scenarios.measure(target, settings, logs, round_)
-            rounds[target.key].append({**record, "machine_busy_before": busy})
+            record = await quiet_round(target, settings, logs, round_, quiet_wait, retries)
+            rounds[target.key].append(record)
             print(
                 f"round {round_ + 1}/{runs} {target.label}: {time.perf_counter() - start:.1f} s",
                 file=sys.stderr,
                 flush=True,
             )
     return rounds, chosen
+
+
+async def quiet_round(
+    target: Target,
+    settings: scenarios.Settings,
+    logs: Path,
+    round_: int,
+    quiet_wait: float,
+    retries: int,
+) -> dict[str, Any]:
+    """One round, measured again if other jobs used the machine during its load.
+
+    Keeps the attempt that other jobs disturbed least, and says how many it took.
+    """
+    best: dict[str, Any] = {}
+    for attempt in range(1 + retries):
+        busy = await asyncio.to_thread(wait_for_quiet, quiet_wait)
+        record = await scenarios.measure(target, settings, logs, f"{target.key}-{round_}-{attempt}")
+        record.update(machine_busy_before=busy, attempts=attempt + 1)
+        if not best or noise(record) < noise(best):
+            best = record
+        if noise(record) <= NOISY:
+            break
+        print(
+            f"other jobs used {noise(record):.2f} CPUs during the load: measuring again",
+            file=sys.stderr,
+            flush=True,
+        )
+    return best
+
+
+def noise(record: dict[str, Any]) -> float:
+    """The most CPU other jobs used during one of the record's load windows."""
+    return max(record["fanout"]["others_busy"], record["echo"]["others_busy"])
 
 
 def wait_for_quiet(limit: float) -> float:

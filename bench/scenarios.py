@@ -38,9 +38,8 @@ class Settings:
     shutdown_timeout: float = 30.0
 
 
-async def measure(target: Target, settings: Settings, logs: Path, round_: int) -> dict[str, Any]:
-    """One round on ``target``: both processes, merged into one record."""
-    stem = f"{target.key}-{round_}"
+async def measure(target: Target, settings: Settings, logs: Path, stem: str) -> dict[str, Any]:
+    """One round on ``target``: both processes, merged into one record; logs named ``stem``."""
     loaded = await under_load(target, settings, logs / f"{stem}-load.log")
     idle = await idle_then_sigterm(target, settings, logs / f"{stem}-idle.log")
     return {**loaded, **idle, "boot": [loaded["boot"], idle["boot"]]}
@@ -154,7 +153,7 @@ async def idle_then_sigterm(target: Target, settings: Settings, log: Path) -> di
                 opened = count
                 await asyncio.sleep(settings.settle)
                 kib_per_connection[str(count)] = (rss_kib(server.pid) - baseline) / count
-            seconds, status = await server.terminate(settings.shutdown_timeout)
+            stopped = await server.terminate(settings.shutdown_timeout)
             closes = await client.request("closes", limit=60, group="idle", timeout=10)
     finally:
         server.kill()
@@ -163,8 +162,9 @@ async def idle_then_sigterm(target: Target, settings: Settings, log: Path) -> di
         "kib_per_idle": kib_per_connection,
         "sigterm": {
             "connections": opened,
-            "seconds": seconds,
-            "status": status,
+            "seconds": stopped["seconds"],
+            "cpu": stopped["cpu"],
+            "status": stopped["status"],
             "codes": closes["codes"],
             "still_open": closes["still_open"],
         },
