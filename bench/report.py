@@ -243,7 +243,8 @@ def render(
         "",
         "## Results",
         "",
-        f"Medians of {settings['runs']} rounds; ratios are to (b), the websockets deployment",
+        f"Medians of {settings['runs']} round{'' if settings['runs'] == 1 else 's'}; ratios are"
+        " to (b), the websockets deployment",
         "guide's example grown into rooms with `broadcast()`. `*` marks a throughput the",
         f"load client limited (it was ≥ {CLIENT_BOUND:.0%} busy): the server had spare CPU.",
         "",
