@@ -3,7 +3,7 @@
 run.py starts one per server process, pinned to another CPU than the
 server's, sends it one JSON command per line and reads one JSON answer per
 line. It speaks WebSocket through picows, the fastest Python client, on
-uvloop, so that the client rather than the server runs out of CPU last; it
+uvloop, so that the server, not the client, is the first to run out of CPU; it
 offers per-message deflate as browsers do (see deflate.py). It reads the
 server's CPU time itself, at the instants it snapshots its delivery count,
 so that both cover the same window.
