@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,16 @@ class App:
             return response.status, response.read()
         finally:
             conn.close()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample at /metrics; 0 if it isn't there."""
+        status, body = self.request("GET", "/metrics")
+        assert status == 200
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
 
     def ws_url(self, path: str = "/ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"

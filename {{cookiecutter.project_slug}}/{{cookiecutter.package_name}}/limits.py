@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 class TokenBucket:
     """Allow ``rate`` events per second on average, in bursts of ``burst``."""
 
+    __slots__ = ("burst", "rate", "tokens", "updated")  # one per connection
+
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
@@ -75,10 +77,11 @@ class GuardedConnection(MeteredConnection):
 
         asyncio calls this as soon as the write buffer passes its high-water
         mark, which ``serve(write_limit=...)`` sets. ``broadcast()`` has no
-        backpressure: without this, a client that stops reading would
-        accumulate every message sent to its room until the ping timeout,
-        40 seconds later. This applies to ``send()`` too: a client that far
-        behind is dropped rather than throttled.
+        backpressure (the library's or ``fanout.broadcast()``, whose queued
+        frames go through the same buffer): without this, a client that
+        stops reading would accumulate every message sent to its room until
+        the ping timeout, 40 seconds later. This applies to ``send()`` too:
+        a client that far behind is dropped rather than throttled.
         """
         super().pause_writing()
         backlog = self.transport.get_write_buffer_size()

@@ -17,12 +17,11 @@ import re
 from collections import defaultdict
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
-from websockets.protocol import State
 
-from . import metrics
+from . import fanout, metrics
 from .broker import Broker
 
 __all__ = ["DEFAULT_ROOM", "ChatRooms", "room_for"]
@@ -79,6 +78,6 @@ class ChatRooms:
 
     def deliver(self, room: str, message: str) -> None:
         """Send a message of ``room`` to its members in this process."""
-        members = [c for c in self.members.get(room, ()) if c.state is State.OPEN]
-        broadcast(members, message)
-        metrics.MESSAGES_DELIVERED.inc(len(members))
+        # Like websockets' broadcast(), but much cheaper in a busy room.
+        delivered = fanout.broadcast(self.members.get(room, ()), message)
+        metrics.MESSAGES_DELIVERED.inc(delivered)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from importlib import resources
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from . import metrics
 from .broker import Broker
 
 __all__ = ["HEALTH_PATH", "METRICS_PATH", "PAGE_PATH", "WORKER_HEADER", "Routes"]
@@ -128,7 +128,8 @@ class Routes:
 
     def metrics(self) -> tuple[int, bytes, str]:
         """This process's metrics, in the Prometheus text format."""
-        return http.HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST
+        body, content_type = metrics.exposition()
+        return http.HTTPStatus.OK, body, content_type
 
 
 def respond(

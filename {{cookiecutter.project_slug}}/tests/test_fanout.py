@@ -1,0 +1,257 @@
+"""fanout.broadcast(): cheaper than the library's, with the same guarantees.
+
+Most tests run the app; those about fragmented messages need a handler that
+sends one, so they run a server of their own, on both event loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from importlib.util import find_spec
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect as async_connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.sync.client import connect
+
+from {{ cookiecutter.package_name }} import fanout
+from {{ cookiecutter.package_name }}.server import event_loop_factory
+
+from conftest import App
+
+LOOPS = [
+    pytest.param(
+        "uvloop",
+        marks=pytest.mark.skipif(
+            find_spec("uvloop") is None, reason="uvloop is not installed here"
+        ),
+    ),
+    "asyncio",
+]
+
+# --- Through the app ----------------------------------------------------------
+
+
+def test_every_member_gets_every_message_in_the_same_order(
+    start_app: Callable[..., App],
+) -> None:
+    app = start_app(MAX_MESSAGES_PER_SECOND="100000")
+    senders, messages = 4, 50
+    with contextlib.ExitStack() as stack:
+        clients = [
+            stack.enter_context(connect(app.ws_url("/ws/order")))
+            for _ in range(senders)
+        ]
+        # Bursts from every client at once: many messages reach the room in
+        # the same loop turn, so members get several frames per write.
+        for n in range(messages):
+            for i, client in enumerate(clients):
+                client.send(f"{i}:{n}")
+        received = [
+            [client.recv(timeout=5) for _ in range(senders * messages)]
+            for client in clients
+        ]
+    # One order for everyone, and each sender's messages in the order sent.
+    assert all(seen == received[0] for seen in received)
+    for i in range(senders):
+        mine = [m for m in received[0] if m.startswith(f"{i}:")]
+        assert mine == [f"{i}:{n}" for n in range(messages)]
+    assert app.metric("websocket_messages_received_total") == senders * messages
+    assert app.metric("websocket_messages_delivered_total") == (
+        senders * senders * messages
+    )
+
+
+def test_a_closing_connection_gets_nothing_after_its_close_frame(app: App) -> None:
+    with raw_websocket(app.port, "/ws/closing") as quitter:
+        # A binary message makes the demo room close the connection (1003);
+        # the server then waits for a close frame that never comes, and the
+        # connection stays in the room, closing, meanwhile.
+        quitter.sendall(frame(0x2, b"\x00"))
+        assert read_frame(quitter) == (0x8, struct.pack("!H", 1003) + b"text only")
+        with connect(app.ws_url("/ws/closing")) as talker:
+            for n in range(3):
+                talker.send(f"after close {n}")
+                assert talker.recv(timeout=5) == f"after close {n}"
+        quitter.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            quitter.recv(1)  # no text frame after the close frame
+    assert app.metric("websocket_messages_delivered_total") == 3
+    assert "WARNING" not in app.log and "ERROR" not in app.log
+
+
+def test_a_client_that_stops_reading_is_dropped(
+    start_app: Callable[..., App],
+) -> None:
+    max_send_buffer = 256 * 1024
+    app = start_app(
+        MAX_MESSAGES_PER_SECOND="100000", MAX_SEND_BUFFER=str(max_send_buffer)
+    )
+    chunk = "x" * 60_000
+    with raw_websocket(app.port, "/ws/slow", receive_buffer=4096) as sleeper:
+        sent = 0
+        with connect(app.ws_url("/ws/slow")) as talker:
+            for _ in range(300):  # 18 MB for a client that reads nothing
+                talker.send(chunk)
+                assert talker.recv(timeout=10) == chunk  # the others keep going
+                sent += len(chunk)
+            app.wait_for_log("unread", timeout=10)
+        received = 0
+        with contextlib.suppress(OSError):
+            while received < sent and (data := sleeper.recv(65536)):
+                received += len(data)
+    assert received < sent / 2  # cut off long before the end
+    deadline = time.monotonic() + 5
+    while app.metric("websocket_connections_open") != 0:
+        assert time.monotonic() < deadline, "the sleeper is still connected"
+        time.sleep(0.05)
+
+
+# --- Fragmented messages, with a server of our own -------------------------------
+
+
+def run_server(
+    loop: str,
+    handler: Callable[[ServerConnection], Coroutine[Any, Any, None]],
+    client: Callable[[str], Coroutine[Any, Any, None]],
+) -> None:
+    """Serve ``handler`` as the app does and run ``client`` against it."""
+
+    async def main() -> None:
+        async with serve(
+            handler,
+            "127.0.0.1",
+            0,
+            create_connection=fanout.FanoutConnection,
+            compression=None,
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            await asyncio.wait_for(client(f"ws://127.0.0.1:{port}/"), timeout=10)
+
+    with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+        runner.run(main())
+
+
+async def slow_fragments() -> AsyncIterator[str]:
+    yield "first half, "
+    await asyncio.sleep(0.2)  # broadcasts happen meanwhile
+    yield "second half"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_broadcast_never_lands_inside_a_fragmented_message(loop: str) -> None:
+    skipped: list[int] = []
+
+    async def handler(connection: ServerConnection) -> None:
+        async def interrupt() -> None:
+            await asyncio.sleep(0.1)  # between the two fragments
+            skipped.append(fanout.broadcast([connection], "interloper"))
+
+        task = asyncio.create_task(interrupt())
+        await connection.send(slow_fragments())
+        await task
+        assert fanout.broadcast([connection], "after") == 1
+        await connection.wait_closed()
+
+    async def client(url: str) -> None:
+        async with async_connect(url) as websocket:
+            # A text frame among the fragments would fail the connection.
+            assert await websocket.recv() == "first half, second half"
+            assert await websocket.recv() == "after"
+
+    run_server(loop, handler, client)
+    assert skipped == [0]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_queued_frames_go_out_before_what_the_handler_sends_next(loop: str) -> None:
+    async def handler(connection: ServerConnection) -> None:
+        # Queued, not written yet: the send() that follows must not pass it.
+        assert fanout.broadcast([connection], "broadcast first") == 1
+        await connection.send(slow_fragments())
+        assert fanout.broadcast([connection], "broadcast again") == 1
+        await connection.send("sent")
+        await connection.wait_closed()
+
+    async def client(url: str) -> None:
+        async with async_connect(url) as websocket:
+            assert [await websocket.recv() for _ in range(4)] == [
+                "broadcast first",
+                "first half, second half",
+                "broadcast again",
+                "sent",
+            ]
+
+    run_server(loop, handler, client)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_binary_messages_and_closed_connections(loop: str) -> None:
+    async def handler(connection: ServerConnection) -> None:
+        assert fanout.broadcast([connection], b"\x00\xff") == 1
+        await connection.close()
+        assert fanout.broadcast([connection], "too late") == 0
+
+    async def client(url: str) -> None:
+        async with async_connect(url) as websocket:
+            assert await websocket.recv() == b"\x00\xff"
+            await websocket.wait_closed()
+            assert websocket.close_code == 1000
+
+    run_server(loop, handler, client)
+
+
+# --- A raw WebSocket client, to see frames exactly as the server wrote them ---
+
+
+@contextlib.contextmanager
+def raw_websocket(
+    port: int, path: str, *, receive_buffer: int | None = None
+) -> Iterator[socket.socket]:
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(5)
+    with sock:
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += sock.recv(1)  # one byte at a time: no frame swallowed
+        assert re.match(rb"HTTP/1.1 101 ", response), response
+        yield sock
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame, payload under 126 bytes."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one unmasked server frame, payload under 126 bytes."""
+    head = read_exactly(sock, 2)
+    assert head[1] < 126, head
+    return head[0] & 0x0F, read_exactly(sock, head[1])
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "connection closed"
+        data += chunk
+    return data
