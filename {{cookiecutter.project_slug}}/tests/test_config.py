@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import pytest
 
 from {{ cookiecutter.package_name }}.config import Config, ConfigError
@@ -22,6 +24,27 @@ def test_values_are_read_from_the_environment() -> None:
     assert config.shutdown_timeout == 2.5
 
 
+@pytest.mark.skipif(find_spec("uvloop") is None, reason="uvloop is not installed")
+def test_the_event_loop_is_uvloop_where_installed_and_compression_off() -> None:
+    config = Config.from_environ({})
+    assert (config.event_loop, config.compression) == ("uvloop", "off")
+
+
+@pytest.mark.parametrize(
+    ("environ", "event_loop", "compression"),
+    [
+        ({"EVENT_LOOP": "asyncio"}, "asyncio", "off"),
+        ({"EVENT_LOOP": "AsyncIO", "COMPRESSION": "Deflate"}, "asyncio", "deflate"),
+        ({"COMPRESSION": "off", "EVENT_LOOP": " asyncio "}, "asyncio", "off"),
+    ],
+)
+def test_event_loop_and_compression_are_read_from_the_environment(
+    environ: dict[str, str], event_loop: str, compression: str
+) -> None:
+    config = Config.from_environ(environ)
+    assert (config.event_loop, config.compression) == (event_loop, compression)
+
+
 def test_shutdown_timeout_stays_below_herokus_30_second_grace_period() -> None:
     assert Config.from_environ({}).shutdown_timeout < 30
 
@@ -33,6 +56,9 @@ def test_shutdown_timeout_stays_below_herokus_30_second_grace_period() -> None:
         ("PORT", "8000.5"),
         ("SHUTDOWN_TIMEOUT", "0"),
         ("SHUTDOWN_TIMEOUT", "inf"),
+        ("EVENT_LOOP", "trio"),
+        ("COMPRESSION", "gzip"),
+        ("COMPRESSION", "on"),
     ],
 )
 def test_out_of_range_values_are_refused(variable: str, value: str) -> None:

@@ -90,6 +90,8 @@ def open_unresponsive_websocket(port: int) -> socket.socket:
         ("ALLOWED_ORIGINS", "evil"),
         ("SERVE_PAGE", "maybe"),
         ("WEB_CONCURRENCY", "0"),
+        ("EVENT_LOOP", "fast"),
+        ("COMPRESSION", "zstd"),
     ],
 )
 def test_a_bad_setting_stops_startup_with_one_line_naming_it(

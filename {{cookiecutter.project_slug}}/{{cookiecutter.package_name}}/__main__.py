@@ -11,10 +11,7 @@ import logging
 import sys
 
 from .config import Config, ConfigError
-from .server import run
-{%- if cookiecutter.use_redis %}
-from .workers import supervise
-{%- endif %}
+from .server import event_loop_factory, run
 
 logger = logging.getLogger(__package__)
 
@@ -34,6 +31,8 @@ def main() -> int:
     if config.web_concurrency > 1 and config.worker_id is None:
 {%- if cookiecutter.use_redis %}
         if config.redis_url is not None:
+            from .workers import supervise  # only the parent of workers needs it
+
             return supervise(config)
 {%- endif %}
         logger.info(
@@ -41,7 +40,8 @@ def main() -> int:
             "serves them all{% if cookiecutter.use_redis %} (set REDIS_URL to run several workers){% endif %}",
             config.web_concurrency,
         )
-    asyncio.run(run(config))  # SystemExit(1) if it cannot listen
+    with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
+        runner.run(run(config))  # SystemExit(1) if it cannot listen
     return 0
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
+from importlib.util import find_spec
 {%- if cookiecutter.use_redis %}
 from urllib.parse import urlsplit
 {%- endif %}
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 __all__ = ["Config", "ConfigError"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EVENT_LOOPS = ("uvloop", "asyncio")
+COMPRESSIONS = ("off", "deflate")
 {%- if cookiecutter.use_redis %}
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 SSL_CERT_REQS = ("required", "optional", "none")
@@ -62,6 +65,13 @@ class Config:
     serve_page: bool
     #: Serve Prometheus metrics at ``/metrics``.
     serve_metrics: bool
+    #: "uvloop" (the default where it is installed: requirements.txt installs
+    #: it on Linux and macOS) or "asyncio", the standard library's loop.
+    event_loop: str
+    #: "off", or "deflate" to accept clients that offer per-message deflate:
+    #: it shrinks large text, but costs about 35 KiB per connection and CPU
+    #: on every message.
+    compression: str
 {%- if cookiecutter.use_redis %}
     #: Redis shared by every process; ``None`` keeps rooms process-local.
     redis_url: str | None
@@ -100,6 +110,10 @@ class Config:
             ),
             serve_page=_read_bool(environ, "SERVE_PAGE", default=True),
             serve_metrics=_read_bool(environ, "SERVE_METRICS", default=True),
+            event_loop=_read_event_loop(environ, "EVENT_LOOP"),
+            compression=_read_choice(
+                environ, "COMPRESSION", "off", COMPRESSIONS, upper=False
+            ),
 {%- if cookiecutter.use_redis %}
             redis_url=_read_redis_url(environ, "REDIS_URL"),
             redis_ssl_cert_reqs=_read_choice(
@@ -163,6 +177,16 @@ def _read_positive(environ: Mapping[str, str], name: str, default: float) -> flo
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     if not 0 < value < float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a positive number")
+    return value
+
+
+def _read_event_loop(environ: Mapping[str, str], name: str) -> str:
+    """Read the event loop: uvloop if installed, unless told otherwise."""
+    installed = find_spec("uvloop") is not None
+    default = "uvloop" if installed else "asyncio"
+    value = _read_choice(environ, name, default, EVENT_LOOPS, upper=False)
+    if value == "uvloop" and not installed:
+        raise ConfigError(f"{name}='uvloop' but the uvloop package is not installed")
     return value
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import signal
+from collections.abc import Callable
 
 from websockets.asyncio.server import Server, serve
 
@@ -22,13 +24,16 @@ from . import limits, metrics
 from .broker import Broker
 from .config import Config
 from .metrics import Handler
-{%- if cookiecutter.use_redis %}
-from .redis_broker import RedisBroker
-{%- endif %}
 from .rooms import ChatRooms
 from .routes import Routes
 
-__all__ = ["SHUTDOWN_SIGNALS", "create_broker", "raise_open_files_limit", "run"]
+__all__ = [
+    "SHUTDOWN_SIGNALS",
+    "create_broker",
+    "event_loop_factory",
+    "raise_open_files_limit",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,13 @@ CLEANUP_TIMEOUT = 3.0
 
 async def run(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    loop_type = type(asyncio.get_running_loop())
+    logger.info(
+        "event loop: %s.%s; compression: %s",
+        loop_type.__module__,
+        loop_type.__qualname__,
+        config.compression,
+    )
     raise_open_files_limit()
     broker = create_broker(config)
     rooms = ChatRooms(broker)
@@ -67,6 +79,11 @@ async def run(config: Config) -> None:
         "received %s: closing %d connections", received.name, len(server.connections)
     )
     routes.shutting_down = True
+    # Closing thousands of connections allocates enough to trigger several
+    # full garbage collections, each walking every object of every connection
+    # (0.3 s each with 10,000 of them). Nothing here outlives the process:
+    # leave what exists now out of the collections.
+    gc.freeze()
     server.close()  # Closes open connections with 1001 (going away).
     try:
         async with asyncio.timeout(config.shutdown_timeout):
@@ -105,9 +122,9 @@ async def start_server(config: Config, handler: Handler, routes: Routes) -> Serv
         max_size=config.max_message_size,
         open_timeout=config.open_timeout,
         origins=origins,
-        # Per-message deflate costs about 50 KiB per connection; chat
-        # messages are too short to gain from it.
-        compression=None,
+        # Per-message deflate costs about 35 KiB per connection and CPU on
+        # every message; chat messages are too short to gain from it.
+        compression="deflate" if config.compression == "deflate" else None,
         # Workers share the port; the kernel spreads connections among them.
         reuse_port=config.worker_id is not None,
     )
@@ -131,6 +148,10 @@ def create_broker(config: Config) -> Broker:
     """Share rooms through Redis when configured, else keep them local."""
 {%- if cookiecutter.use_redis %}
     if config.redis_url is not None:
+        # Imported only when used: redis takes longer to import than
+        # everything else the app needs.
+        from .redis_broker import RedisBroker
+
         return RedisBroker(
             config.redis_url,
             channel_prefix=f"{__package__}:",
@@ -138,6 +159,18 @@ def create_broker(config: Config) -> Broker:
         )
 {%- endif %}
     return Broker()
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """Return what creates the event loop called ``name`` (see EVENT_LOOP).
+
+    uvloop runs the same code about twice as fast on small messages.
+    """
+    if name == "uvloop":
+        import uvloop  # imported only when used: there is none on Windows
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def raise_open_files_limit() -> int:
