@@ -69,7 +69,8 @@ async def under_load(target: Target, settings: Settings, log: Path) -> dict[str,
 
 async def open_group(
     client: ClientProcess, server: ServerProcess, group: str, path: str, count: int, rooms: int
-) -> None:
+) -> int:
+    """Open ``count`` connections; return how many negotiated per-message deflate."""
     answer = await client.request(
         "open",
         limit=60 + count / 50,
@@ -84,6 +85,7 @@ async def open_group(
             f"{answer['failed']} of {count} connections failed, e.g. {answer['errors']}:\n"
             + server.log_tail()
         )
+    return int(answer["deflate"])
 
 
 async def closed_loop(
@@ -95,7 +97,7 @@ async def closed_loop(
     rooms: int,
 ) -> dict[str, float]:
     """Each client sends its next 64-byte message when its last one comes back."""
-    await open_group(client, server, "loop", path, count, rooms)
+    deflated = await open_group(client, server, "loop", path, count, rooms)
     answer = await client.request(
         "loop",
         limit=settings.warmup + settings.seconds + 60,
@@ -116,6 +118,7 @@ async def closed_loop(
         "round_trips_per_s": answer["returned"] / answer["elapsed"],
         "client_busy": answer["client_cpu"] / answer["elapsed"],
         "server_busy": answer["server_cpu"] / answer["elapsed"],
+        "deflate": deflated == count,
         # CPU the rest of the machine used meanwhile: another job sharing it.
         "others_busy": max(
             0.0,

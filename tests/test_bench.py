@@ -80,10 +80,17 @@ def test_every_client_saw_the_close_code_of_its_server(
     for key in GOING_AWAY:
         row = results["rows"][key]
         assert row["all_saw_1001"], (key, row["close_codes"])
-        assert row["close_codes"] == {"1001": row["sigterm_connections"]}, key
+        assert row["close_codes"] == [{"1001": row["sigterm_connections"]}], key
         assert row["exit_statuses"] == [0], key
     uvicorn = results["rows"]["d"]
-    assert uvicorn["close_codes"] == {"1012": uvicorn["sigterm_connections"]}
+    assert uvicorn["close_codes"] == [{"1012": uvicorn["sigterm_connections"]}]
+
+
+def test_the_client_offers_deflate_like_a_browser_and_the_baseline_takes_it(
+    smoke: tuple[dict[str, Any], str],
+) -> None:
+    results, _ = smoke
+    assert results["rows"]["b"]["deflate"]
 
 
 def test_the_table_has_a_row_per_server_with_ratios_to_the_baseline(
