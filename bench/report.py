@@ -172,7 +172,8 @@ def goals(rows: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
         (
             f"SIGTERM with {connections:,} connections: every client sees 1001, exit within 2 s",
             a["all_saw_1001"] and a["sigterm_max_s"] <= 2,
-            f"codes {unique(a['close_codes'])}, slowest exit {a['sigterm_max_s']:.2f} s, "
+            f"codes {unique(a['close_codes'])}; exit after {a['sigterm_s']:.2f} s (median),"
+            f" {a['sigterm_max_s']:.2f} s (slowest round); "
             f"exit status {a['exit_statuses']}",
         ),
     ]
@@ -325,7 +326,8 @@ def render(
         "- load from other jobs just before a round (CPUs in use; run.py waits up to"
         " --quiet-wait seconds for less than 0.15): up to "
         f"{max(r['busy_before'] for r in rows.values()):.2f}; rounds measured again because"
-        " other jobs used more than 0.25 CPUs during their load (--retries): "
+        " other jobs used more than 0.25 CPUs during their load (--retries; the least"
+        " disturbed attempt is kept): "
         f"{sum(r['remeasured'] for r in rows.values())}",
         "- libraries: " + ", ".join(f"{name} {v}" for name, v in versions().items()),
         "",

@@ -156,7 +156,7 @@ async def quiet_round(
     for attempt in range(1 + retries):
         busy = await asyncio.to_thread(wait_for_quiet, quiet_wait)
         record = await scenarios.measure(target, settings, logs, f"{target.key}-{round_}-{attempt}")
-        record.update(machine_busy_before=busy, attempts=attempt + 1)
+        record["machine_busy_before"] = busy
         if not best or noise(record) < noise(best):
             best = record
         if noise(record) <= NOISY or attempt == retries:
@@ -166,7 +166,7 @@ async def quiet_round(
             file=sys.stderr,
             flush=True,
         )
-    return best
+    return {**best, "attempts": attempt + 1}
 
 
 def noise(record: dict[str, Any]) -> float:
