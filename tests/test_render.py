@@ -119,3 +119,24 @@ def test_no_env_file_sets_port(project: Path) -> None:
     # honcho lets PORT in .env override `honcho start -p`.
     for env_file in project.rglob(".env*"):
         assert "PORT" not in env_file.read_text(), env_file
+
+
+#: Files the README tells the user to create, or that cruft creates.
+FILES_THE_USER_CREATES = {"Procfile.vm", ".cruft.json", ".env"}
+FILE_NAME = re.compile(
+    r"`((?:[\w.-]+/)*(?:[\w-]+\.(?:py|toml|yaml|yml|json|txt|md|html)|Procfile[\w.]*"
+    r"|Dockerfile|\.dockerignore|\.python-version|\.pre-commit-config\.yaml|k8s/))`"
+)
+
+
+def test_every_file_the_readme_names_exists(project: Path) -> None:
+    readme = (project / "README.md").read_text()
+    names = set(FILE_NAME.findall(readme)) - FILES_THE_USER_CREATES
+    assert "Procfile" in names
+    for name in names:
+        found = (project / name).exists() or any(project.rglob(name.rsplit("/", 1)[-1]))
+        assert found, name
+
+
+def test_the_readme_has_no_runs_of_blank_lines(project: Path) -> None:
+    assert "\n\n\n" not in (project / "README.md").read_text()

@@ -82,90 +82,105 @@ def relative_files(project: Path) -> dict[str, bytes]:
     }
 
 
+def commit(project: Path, environment: dict[str, str], message: str) -> None:
+    for command in (["add", "-A"], ["commit", "-q", "-m", message]):
+        run("git", *command, cwd=project, env=environment)
+
+
+@pytest.fixture
+def older_project(tmp_path: Path, environment: dict[str, str], template_repository: Path) -> Path:
+    """A project generated from the older release and committed as generated,
+    as the README asks: that commit is the base git merges from."""
+    run(
+        require_tool("cruft"), "create", str(template_repository), "--checkout", OLDER_RELEASE,
+        "--no-input", "--output-dir", str(tmp_path / "projects"), cwd=tmp_path, env=environment,
+    )  # fmt: skip
+    project = tmp_path / "projects" / "my-websocket-app"
+    assert not (project / ".github/workflows/ci.yml").exists()  # it really is older
+    run("git", "init", "-q", cwd=project, env=environment)
+    commit(project, environment, "generated")
+    return project
+
+
+def update(project: Path, environment: dict[str, str]) -> dict[str, bytes]:
+    run(require_tool("cruft"), "update", "--skip-apply-ask", cwd=project, env=environment)
+    return relative_files(project)
+
+
 def test_an_older_project_updates_keeping_the_users_changes(
     tmp_path: Path,
     environment: dict[str, str],
     template_repository: Path,
+    older_project: Path,
 ) -> None:
-    cruft = require_tool("cruft")
-    output = tmp_path / "projects"
-    run(
-        cruft,
-        "create",
-        str(template_repository),
-        "--checkout",
-        OLDER_RELEASE,
-        "--no-input",
-        "--output-dir",
-        str(output),
-        cwd=tmp_path,
-        env=environment,
-    )
-    project = output / "my-websocket-app"
-    assert not (project / ".github/workflows/ci.yml").exists()  # it really is older
-
-    # The user's own work, committed: cruft refuses to update a dirty tree.
+    project = older_project
     rooms = project / "my_websocket_app" / "rooms.py"
     rooms.write_text(rooms.read_text().replace('DEFAULT_ROOM = "lobby"', 'DEFAULT_ROOM = "hall"'))
     (project / "my_websocket_app" / "commands.py").write_text('"""The user\'s own module."""\n')
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "mine"]):
-        run("git", *command, cwd=project, env=environment)
+    # Near lines the template changes, without touching them: merges cleanly.
+    gitignore = project / ".gitignore"
+    gitignore.write_text("node_modules/\n" + gitignore.read_text())
+    commit(project, environment, "mine")  # cruft refuses to update a dirty tree
 
-    run(cruft, "update", "--skip-apply-ask", cwd=project, env=environment)
+    updated = update(project, environment)
 
-    updated = relative_files(project)
     assert not [name for name in updated if name.endswith((".rej", ".orig"))]
     for name, content in updated.items():
         assert b"<<<<<<<" not in content and b">>>>>>>" not in content, name
-    assert 'DEFAULT_ROOM = "hall"' in updated["my_websocket_app/rooms.py"].decode()
     assert "my_websocket_app/commands.py" in updated
 
     # Apart from the user's changes, the project is what the new template bakes.
     run(
-        cruft,
-        "create",
-        str(template_repository),
-        "--no-input",
-        "--output-dir",
-        str(tmp_path / "fresh"),
-        cwd=tmp_path,
-        env=environment,
-    )
+        require_tool("cruft"), "create", str(template_repository), "--no-input",
+        "--output-dir", str(tmp_path / "fresh"), cwd=tmp_path, env=environment,
+    )  # fmt: skip
     fresh = relative_files(tmp_path / "fresh" / "my-websocket-app")
-    user_files = {"my_websocket_app/rooms.py", "my_websocket_app/commands.py", ".cruft.json"}
-    assert {name for name in updated if name not in user_files} == set(fresh) - user_files
+    user_files = {"my_websocket_app/commands.py", ".cruft.json"}
+    assert set(updated) - user_files == set(fresh) - user_files
+    changed_by_user = {
+        "my_websocket_app/rooms.py": fresh["my_websocket_app/rooms.py"].replace(
+            b'DEFAULT_ROOM = "lobby"', b'DEFAULT_ROOM = "hall"'
+        ),
+        ".gitignore": b"node_modules/\n" + fresh[".gitignore"],
+    }
     for name in set(fresh) - user_files:
-        assert updated[name] == fresh[name], name
-    users_rooms = updated["my_websocket_app/rooms.py"].decode()
-    assert users_rooms.replace('"hall"', '"lobby"').encode() == fresh["my_websocket_app/rooms.py"]
+        assert updated[name] == changed_by_user.get(name, fresh[name]), name
 
     head = run("git", "rev-parse", "HEAD", cwd=template_repository, env=environment).strip()
     assert json.loads(updated[".cruft.json"])["commit"] == head
 
 
-def test_the_hooks_stay_quiet_and_local_when_cruft_reruns_them(
-    tmp_path: Path, environment: dict[str, str], template_repository: Path
+def test_a_change_to_lines_the_template_changed_gets_conflict_markers(
+    environment: dict[str, str], older_project: Path
 ) -> None:
-    """cruft renders the template again in a temporary directory on update:
-    the hooks must not touch anything outside the project they render."""
-    cruft = require_tool("cruft")
-    output = tmp_path / "projects"
-    run(
-        cruft,
-        "create",
-        str(template_repository),
-        "--no-input",
-        "--output-dir",
-        str(output),
-        cwd=tmp_path,
-        env=environment,
+    """As the README says: markers to resolve, not *.rej files."""
+    pyproject = older_project / "pyproject.toml"
+    lines = pyproject.read_text().splitlines(keepends=True)
+    pyproject.write_text("# The user's own words.\n" + "".join(lines[1:]))
+    commit(older_project, environment, "mine")
+
+    updated = update(older_project, environment)
+
+    assert not [name for name in updated if name.endswith(".rej")]
+    merged = updated["pyproject.toml"].decode()
+    assert "<<<<<<<" in merged and "# The user's own words." in merged
+    assert "[project]" in merged  # the template's new table came in too
+
+
+def test_the_hooks_stay_local_when_cruft_reruns_them(
+    tmp_path: Path, environment: dict[str, str], older_project: Path
+) -> None:
+    """cruft renders both templates again in a temporary directory on update,
+    running the hooks there: they must not write anywhere else."""
+    before = sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if ".git" not in p.parts
     )
-    assert sorted(p.name for p in output.iterdir()) == ["my-websocket-app"]
-    before = sorted(p.name for p in tmp_path.iterdir())
-    project = output / "my-websocket-app"
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "generated"]):
-        run("git", *command, cwd=project, env=environment)
-    assert "up to date" in run(cruft, "check", cwd=project, env=environment)
-    run(cruft, "update", "--skip-apply-ask", cwd=project, env=environment)
-    assert run("git", "status", "--porcelain", cwd=project, env=environment) == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    updated = update(older_project, environment)
+    assert ".github/workflows/ci.yml" in updated  # the update did happen
+    after = sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if ".git" not in p.parts
+    )
+    project = str(older_project.relative_to(tmp_path))
+    assert [p for p in after if not p.startswith(project)] == [
+        p for p in before if not p.startswith(project)
+    ]

@@ -3,36 +3,81 @@
     python -m {{ cookiecutter.package_name }}.loadtest wss://your-app.example.com/ws \
         --connections 500 --rate 1 --duration 60
 
-Opens ``--connections`` WebSocket connections, spread over ``--rooms`` rooms
-of the demo chat (``<URL>/loadtest-<n>``), then has each send ``--rate``
-messages per second for ``--duration`` seconds. Every message comes back to
-its sender through the room, which times the round trip. It reports the
-connections opened and still open at the end, the latency percentiles and
-every error; it exits 1 if there was any error.
+Opens ``--connections`` WebSocket connections to rooms of the demo chat
+(``<URL>/loadtest-<n>``, ``--room-size`` clients each), then has each send
+``--rate`` messages per second for ``--duration`` seconds, at evenly spaced
+times that differ from client to client. Every message comes back to its
+sender through the room, which times the round trip. It reports the
+connections opened and still open at the end, the messages sent, returned
+and lost, latency percentiles, its own CPU use and every error; it exits 1
+if there was any error or any lost message.
 
 It speaks the demo room's protocol: if you replace ``rooms.py``, adapt
 ``Client.message`` and ``Client.receive``. Keep ``--rate`` under the
 server's ``MAX_MESSAGES_PER_SECOND``: faster clients are closed with 1008.
-Run it from another machine than the server when you can, and watch the
-server's CPU: the first limit reached is usually one core.
+Each client receives every message of its room, so the load on this
+program grows with ``--room-size``: if it reports itself busy, its
+latencies include its own delays.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import collections
 import contextlib
+import math
+import random
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.uri import parse_uri
 
-__all__ = ["Report", "main", "run"]
+__all__ = ["LatencyHistogram", "Report", "main", "run"]
+
+#: Seconds to wait for the last messages to come back before hanging up.
+DRAIN_TIMEOUT = 2.0
+
+#: Share of one core above which this program slows down what it measures.
+BUSY_CLIENT = 0.8
+
+
+class LatencyHistogram:
+    """Latencies in buckets 2% wide: constant memory however long the run."""
+
+    #: Upper bounds of the buckets, in milliseconds: 0.01 ms to about 3 hours.
+    BOUNDS = tuple(0.01 * 1.02**i for i in range(1050))
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)
+        self.total = 0
+        self.maximum = 0.0
+
+    def add(self, milliseconds: float) -> None:
+        self.counts[bisect.bisect_left(self.BOUNDS, milliseconds)] += 1
+        self.total += 1
+        self.maximum = max(self.maximum, milliseconds)
+
+    def percentile(self, percent: float) -> float:
+        """The upper bound of the bucket holding that percentile (2% high at most)."""
+        rank = math.ceil(self.total * percent / 100)
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return min(self.BOUNDS[min(index, len(self.BOUNDS) - 1)], self.maximum)
+        return self.maximum
 
 
 class Report:
@@ -45,53 +90,51 @@ class Report:
         self.sent = 0
         self.echoed = 0
         self.from_others = 0
-        self.latencies: list[float] = []
+        self.latency = LatencyHistogram()
         self.errors: collections.Counter[str] = collections.Counter()
+        self.busy = 0.0  # this program's CPU time / wall time while talking
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.echoed
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or self.lost > 0
 
     def lines(self, url: str) -> list[str]:
-        lost = self.sent - self.echoed
         lines = [
             f"target: {url}",
             f"connections: {self.requested} requested, {self.opened} opened,"
             f" {self.held} still open at the end",
-            f"messages: {self.sent} sent, {self.echoed} came back, {lost} lost,"
+            f"messages: {self.sent} sent, {self.echoed} came back, {self.lost} lost,"
             f" {self.from_others} received from other clients",
         ]
-        if len(self.latencies) >= 2:
-            cuts = statistics.quantiles(self.latencies, n=100, method="inclusive")
-            p50, p90, p99 = cuts[49], cuts[89], cuts[98]
+        if self.latency.total:
+            p50, p90, p99 = (self.latency.percentile(p) for p in (50, 90, 99))
             lines.append(
                 f"latency: p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms,"
-                f" max {max(self.latencies):.1f} ms"
+                f" max {self.latency.maximum:.1f} ms"
             )
         else:
-            lines.append("latency: not enough messages came back to tell")
-        if self.errors:
-            listed = ", ".join(
-                f"{what} x{count}" for what, count in self.errors.most_common()
+            lines.append("latency: no message came back")
+        lines.append(f"load client CPU: {self.busy:.0%} of one core")
+        if self.busy > BUSY_CLIENT:
+            lines.append(
+                "warning: the load client was busy, so latencies include its own"
+                " delays: use fewer connections or a smaller --room-size per client"
             )
-            lines.append(f"errors: {sum(self.errors.values())} ({listed})")
+        problems = self.errors.copy()
+        if self.lost:
+            problems["messages that never came back"] = self.lost
+        if problems:
+            listed = ", ".join(
+                f"{what} x{count}" for what, count in problems.most_common()
+            )
+            lines.append(f"errors: {problems.total()} ({listed})")
         else:
             lines.append("errors: none")
         return lines
-
-
-class Phases:
-    """Everyone connects, then everyone talks, then everyone hangs up.
-
-    Each phase waits for every client to finish the previous one, so that
-    all clients are in their rooms before the first message and still
-    there for the last.
-    """
-
-    def __init__(self, clients: int, duration: float) -> None:
-        self.duration = duration
-        self.until = 0.0
-        self.connected = Countdown(clients, then=self.start_talking)
-        self.drained = Countdown(clients)
-
-    def start_talking(self) -> None:
-        self.until = time.monotonic() + self.duration
 
 
 class Countdown:
@@ -113,12 +156,34 @@ class Countdown:
             await asyncio.wait_for(self.event.wait(), timeout)
 
 
-#: Seconds to wait for the last messages to come back before hanging up.
-DRAIN_TIMEOUT = 2.0
+class Phases:
+    """Everyone connects, then everyone talks, then everyone hangs up.
+
+    Each phase waits for every client to finish the previous one, so that
+    all clients are in their rooms before the first message and still
+    there for the last.
+    """
+
+    def __init__(self, clients: int, duration: float) -> None:
+        self.duration = duration
+        self.start = self.until = 0.0
+        self.cpu_start = 0.0
+        self.connected = Countdown(clients, then=self.start_talking)
+        self.drained = Countdown(clients)
+
+    def start_talking(self) -> None:
+        self.start = time.monotonic()
+        self.until = self.start + self.duration
+        self.cpu_start = cpu_seconds()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Client:
-    """One connection that sends at a steady rate and times its own echoes."""
+    """One connection that sends on a schedule and times its own echoes."""
 
     def __init__(self, number: int, report: Report) -> None:
         self.tag = f"c{number}"
@@ -139,7 +204,7 @@ class Client:
             return
         sent_ns = int(rest.split(" ")[1])
         self.report.echoed += 1
-        self.report.latencies.append((time.perf_counter_ns() - sent_ns) / 1e6)
+        self.report.latency.add((time.perf_counter_ns() - sent_ns) / 1e6)
         self.echoed += 1
         if self.echoed == self.sequence:
             self.all_back.set()
@@ -153,10 +218,13 @@ class Client:
 
         reader = asyncio.create_task(read())
         try:
-            while (now := time.monotonic()) < phases.until and not reader.done():
+            # Evenly spaced sends, each client at its own offset: no bursts.
+            next_send = phases.start + random.uniform(0, 1 / rate)
+            while next_send < phases.until and not reader.done():
+                await asyncio.sleep(next_send - time.monotonic())
                 await connection.send(self.message())
                 self.report.sent += 1
-                await asyncio.sleep(min(1 / rate, phases.until - now))
+                next_send += 1 / rate
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.all_back.wait(), DRAIN_TIMEOUT)
             phases.drained.done()
@@ -167,47 +235,72 @@ class Client:
                 await reader
 
 
+def describe(exc: BaseException) -> str:
+    """An error, as it goes in the report."""
+    match exc:
+        case InvalidStatus():
+            return f"handshake refused with HTTP {exc.response.status_code}"
+        case InvalidHandshake():
+            return f"handshake failed: {type(exc).__name__}"
+        case ConnectionClosed(rcvd=None):
+            return "connection lost without a close frame"
+        case ConnectionClosed():
+            return f"closed by the server with {exc.rcvd.code}"
+        case TimeoutError():
+            return "no handshake within --open-timeout"
+        case OSError():
+            return f"cannot connect: {type(exc).__name__}"
+        case _:
+            return f"unexpected {type(exc).__name__}: {exc}"
+
+
 async def run_client(
-    number: int, url: str, rate: float, phases: Phases, report: Report
+    number: int, url: str, options: argparse.Namespace, phases: Phases, report: Report
 ) -> None:
     client = Client(number, report)
     try:
         try:
-            connection = await connect(url, open_timeout=10, compression=None)
+            connection = await connect(
+                url, open_timeout=options.open_timeout, compression=None
+            )
         finally:
             phases.connected.done()
         async with connection:
             report.opened += 1
             await phases.connected.event.wait()
-            await client.talk(connection, rate, phases)
+            await client.talk(connection, options.rate, phases)
             if connection.close_code is None:
                 report.held += 1
             else:
-                report.errors[f"closed by the server with {connection.close_code}"] += 1
-    except InvalidStatus as exc:
-        report.errors[f"handshake refused with HTTP {exc.response.status_code}"] += 1
-    except ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd else 1006
-        report.errors[f"closed by the server with {code}"] += 1
-    except (OSError, TimeoutError) as exc:
-        report.errors[f"cannot connect: {type(exc).__name__}"] += 1
+                closed = ConnectionClosed(connection.protocol.close_rcvd, None)
+                report.errors[describe(closed)] += 1
+    except Exception as exc:  # every failure goes in the report
+        report.errors[describe(exc)] += 1
 
 
-async def run(
-    url: str, connections: int, rooms: int, rate: float, duration: float, ramp: float
-) -> Report:
-    """Open the connections ``ramp`` per second, load them, close them."""
-    report = Report(connections)
-    phases = Phases(connections, duration)
+def room_url(url: str, number: int) -> str:
+    """``<url>/loadtest-<number>``, keeping any query string."""
+    parts = urlsplit(url)
+    return urlunsplit(
+        parts._replace(path=f"{parts.path.rstrip('/')}/loadtest-{number}")
+    )
+
+
+async def run(options: argparse.Namespace, report: Report) -> None:
+    """Open the connections ``--ramp`` per second, load them, close them."""
+    phases = Phases(options.connections, options.duration)
     tasks = []
-    for number in range(connections):
-        room = f"{url.rstrip('/')}/loadtest-{number % rooms}"
+    for number in range(options.connections):
+        url = room_url(options.url, number // options.room_size)
         tasks.append(
-            asyncio.create_task(run_client(number, room, rate, phases, report))
+            asyncio.create_task(run_client(number, url, options, phases, report))
         )
-        await asyncio.sleep(1 / ramp)
+        await asyncio.sleep(1 / options.ramp)
     await asyncio.gather(*tasks)
-    return report
+    if phases.start:
+        report.busy = (cpu_seconds() - phases.cpu_start) / (
+            time.monotonic() - phases.start
+        )
 
 
 def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -232,7 +325,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("url", help="WebSocket endpoint, e.g. ws://localhost:5000/ws")
     parser.add_argument("--connections", type=positive(int), default=100)
-    parser.add_argument("--rooms", type=positive(int), default=10)
+    parser.add_argument(
+        "--room-size", type=positive(int), default=10, help="clients per room"
+    )
     parser.add_argument(
         "--rate", type=positive(float), default=1.0, help="messages/s each"
     )
@@ -242,22 +337,30 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ramp", type=positive(float), default=200.0, help="connections/s"
     )
-    args = parser.parse_args(argv)
-    if not args.url.startswith(("ws://", "wss://")):
-        parser.error(f"url must start with ws:// or wss://, not {args.url!r}")
-    return args
+    parser.add_argument(
+        "--open-timeout", type=positive(float), default=10.0, help="seconds"
+    )
+    options = parser.parse_args(argv)
+    try:
+        parse_uri(options.url)
+    except InvalidURI:
+        parser.error(f"url must be a ws:// or wss:// URL, not {options.url!r}")
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_arguments(argv)
-    # One file descriptor per connection.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    report = asyncio.run(
-        run(args.url, args.connections, args.rooms, args.rate, args.duration, args.ramp)
-    )
-    print("\n".join(report.lines(args.url)))
-    return 1 if report.errors else 0
+    options = parse_arguments(argv)
+    # One file descriptor per connection; some systems refuse or can't say.
+    with contextlib.suppress(ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    report = Report(options.connections)
+    try:
+        asyncio.run(run(options, report))
+    except KeyboardInterrupt:
+        print("interrupted: the numbers below are partial")
+    print("\n".join(report.lines(options.url)))
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
