@@ -81,9 +81,9 @@ async def run(config: Config) -> None:
     routes.shutting_down = True
     # Closing thousands of connections allocates enough to trigger several
     # full garbage collections, each walking every object of every connection
-    # (0.3 s each with 10,000 of them). Nothing here outlives the process:
-    # leave what exists now out of the collections.
-    gc.freeze()
+    # (0.3 s each with 10,000 of them): half the shutdown's CPU time. The
+    # process is about to exit, and its memory with it: collect no more.
+    gc.disable()
     server.close()  # Closes open connections with 1001 (going away).
     try:
         async with asyncio.timeout(config.shutdown_timeout):
