@@ -154,6 +154,13 @@ def test_fly_concurrency_counts_connections_above_the_default_limit(
     assert 20 < concurrency["soft_limit"] <= concurrency["hard_limit"]
 
 
+def test_fly_never_routes_more_connections_than_the_app_accepts(default_project: Path) -> None:
+    concurrency = platforms.fly_config(default_project)["http_service"]["concurrency"]
+    env = platforms.fly(default_project).env
+    accepted = int(app_setting(default_project, "config.max_connections", env))
+    assert concurrency["hard_limit"] == accepted
+
+
 def test_fly_health_check_has_timing(default_project: Path) -> None:
     (check,) = platforms.fly_config(default_project)["http_service"]["checks"]
     assert check["method"] == "GET"
