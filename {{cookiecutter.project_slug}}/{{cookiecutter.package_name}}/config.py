@@ -69,7 +69,7 @@ class Config:
     #: it on Linux and macOS) or "asyncio", the standard library's loop.
     event_loop: str
     #: "off", or "deflate" to accept clients that offer per-message deflate:
-    #: it shrinks large text, but costs about 35 KiB per connection and CPU
+    #: it shrinks large text, but costs about 32 KiB per connection and CPU
     #: on every message.
     compression: str
 {%- if cookiecutter.use_redis %}

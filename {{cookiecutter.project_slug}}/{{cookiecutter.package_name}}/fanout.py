@@ -33,7 +33,6 @@ the library's ``broadcast()`` at once.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 
 from websockets.asyncio.server import ServerConnection
@@ -43,8 +42,6 @@ from websockets.protocol import State
 from websockets.typing import Data
 
 __all__ = ["FanoutConnection", "broadcast"]
-
-logger = logging.getLogger(__name__)
 
 OPEN = State.OPEN
 

@@ -122,8 +122,9 @@ async def start_server(config: Config, handler: Handler, routes: Routes) -> Serv
         max_size=config.max_message_size,
         open_timeout=config.open_timeout,
         origins=origins,
-        # Per-message deflate costs about 35 KiB per connection and CPU on
-        # every message; chat messages are too short to gain from it.
+        # Off unless COMPRESSION=deflate: per-message deflate costs about
+        # 32 KiB per connection and CPU on every message, and chat messages
+        # are too short to gain from it.
         compression="deflate" if config.compression == "deflate" else None,
         # Workers share the port; the kernel spreads connections among them.
         reuse_port=config.worker_id is not None,
@@ -164,7 +165,9 @@ def create_broker(config: Config) -> Broker:
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """Return what creates the event loop called ``name`` (see EVENT_LOOP).
 
-    uvloop runs the same code about twice as fast on small messages.
+    uvloop's loop and transports are written in C: measured with 64-byte
+    messages, they save about a fifth of the CPU time of a fan-out delivery
+    and a tenth of an echo, for a few milliseconds more at startup.
     """
     if name == "uvloop":
         import uvloop  # imported only when used: there is none on Windows
