@@ -194,6 +194,24 @@ def test_queued_frames_go_out_before_what_the_handler_sends_next(loop: str) -> N
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_thousands_of_frames_queued_in_one_turn_arrive_in_order(loop: str) -> None:
+    count = 3000  # more frames than one system call takes (IOV_MAX is 1024)
+
+    async def handler(connection: ServerConnection) -> None:
+        for n in range(count):
+            assert fanout.broadcast([connection], str(n)) == 1
+        await connection.wait_closed()
+
+    async def client(url: str) -> None:
+        async with async_connect(url, max_queue=None) as websocket:
+            assert [await websocket.recv() for _ in range(count)] == [
+                str(n) for n in range(count)
+            ]
+
+    run_server(loop, handler, client)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_binary_messages_and_closed_connections(loop: str) -> None:
     async def handler(connection: ServerConnection) -> None:
         assert fanout.broadcast([connection], b"\x00\xff") == 1
