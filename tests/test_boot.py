@@ -29,8 +29,15 @@ def honcho_start(default_project: Path, tmp_path: Path) -> Iterator[Started]:
     log = tmp_path / "honcho.log"
     command = [honcho, "start", "-p", str(port)]
     with running(command, default_project, app_environment(), log) as process:
-        wait_until_healthy(process, port, log)
-        yield Started(process, port, log)
+        try:
+            wait_until_healthy(process, port, log)
+            yield Started(process, port, log)
+        finally:
+            # honcho starts the app in a process group of its own, which
+            # killing honcho's group would miss: have honcho stop it.
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
 
 
 def test_honcho_start_serves_and_sigterm_closes_clients_with_1001(
