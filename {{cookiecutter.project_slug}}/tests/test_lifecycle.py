@@ -46,6 +46,19 @@ def test_a_second_sigterm_does_not_interrupt_the_shutdown(app: App) -> None:
         assert client.close_code == 1001
 
 
+def test_a_burst_of_shutdown_signals_never_kills_the_process(app: App) -> None:
+    """Heroku signals every process, workers get their parent's copy too:
+    signals keep landing while the first one's handler runs."""
+    with connect(app.ws_url()) as client:
+        for signum in [signal.SIGTERM, signal.SIGINT] * 500:
+            with contextlib.suppress(ProcessLookupError):
+                app.process.send_signal(signum)
+        assert app.process.wait(10) == 0, app.log
+        with pytest.raises(ConnectionClosedOK):
+            client.recv(timeout=5)
+        assert client.close_code == 1001
+
+
 def test_shutdown_gives_up_after_shutdown_timeout(
     start_app: Callable[..., App],
 ) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from .config import Config, ConfigError
-from .server import event_loop_factory, run
+from .server import SHUTDOWN_SIGNALS, event_loop_factory, run
 
 logger = logging.getLogger(__package__)
 
@@ -40,6 +41,10 @@ def main() -> int:
             "serves them all{% if cookiecutter.use_redis %} (set REDIS_URL to run several workers){% endif %}",
             config.web_concurrency,
         )
+    # Block shutdown signals here, before any thread starts: every thread
+    # inherits the mask, so they reach the main thread only, once
+    # wait_for_signal() is ready for them (a signal during startup waits).
+    signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
     with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
         runner.run(run(config))  # SystemExit(1) if it cannot listen
     return 0

@@ -205,6 +205,10 @@ async def wait_for_signal(signals: tuple[signal.Signals, ...]) -> signal.Signals
     def on_signal(signum: signal.Signals) -> None:
         if received.done():  # two signals landed in the same loop turn
             return
+        # Block them again first: remove_signal_handler() restores the
+        # default action, which would let a second signal kill us before
+        # SIG_IGN. Other threads block them since __main__ (or workers.py).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         for ignored in signals:
             loop.remove_signal_handler(ignored)
             signal.signal(ignored, signal.SIG_IGN)
@@ -212,7 +216,8 @@ async def wait_for_signal(signals: tuple[signal.Signals, ...]) -> signal.Signals
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
-    # Workers start with these signals blocked (see workers.py), so that one
-    # arriving during startup waits for the handlers instead of killing us.
+    # The process starts with these signals blocked (see __main__.py), so
+    # that one arriving during startup waits for the handlers instead of
+    # killing us.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     return await received
