@@ -25,6 +25,7 @@ PLATFORMS = [
     ({"sys_platform": "darwin", "platform_python_implementation": "CPython"}, True),
     ({"sys_platform": "win32", "platform_python_implementation": "CPython"}, False),
     ({"sys_platform": "linux", "platform_python_implementation": "PyPy"}, False),
+    ({"sys_platform": "freebsd14", "platform_python_implementation": "CPython"}, False),
 ]
 
 

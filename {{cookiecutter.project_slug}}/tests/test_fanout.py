@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect as async_connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
 from {{ cookiecutter.package_name }} import fanout
@@ -88,12 +90,15 @@ def test_a_closing_connection_gets_nothing_after_its_close_frame(app: App) -> No
     assert "WARNING" not in app.log and "ERROR" not in app.log
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 def test_a_client_that_stops_reading_is_dropped(
-    start_app: Callable[..., App],
+    start_app: Callable[..., App], loop: str
 ) -> None:
     max_send_buffer = 256 * 1024
     app = start_app(
-        MAX_MESSAGES_PER_SECOND="100000", MAX_SEND_BUFFER=str(max_send_buffer)
+        MAX_MESSAGES_PER_SECOND="100000",
+        MAX_SEND_BUFFER=str(max_send_buffer),
+        EVENT_LOOP=loop,
     )
     chunk = "x" * 60_000
     with raw_websocket(app.port, "/ws/slow", receive_buffer=4096) as sleeper:
@@ -225,6 +230,35 @@ def test_binary_messages_and_closed_connections(loop: str) -> None:
             assert websocket.close_code == 1000
 
     run_server(loop, handler, client)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_aborted_connection_is_left_alone(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(connection: ServerConnection) -> None:
+        assert fanout.broadcast([connection], "queued") == 1
+        connection.transport.abort()  # before the queued frame is written
+        await connection.wait_closed()
+        assert fanout.broadcast([connection], "too late") == 0
+
+    async def client(url: str) -> None:
+        async with async_connect(url) as websocket:
+            with pytest.raises(ConnectionClosedError):
+                await websocket.recv()
+
+    with caplog.at_level(logging.WARNING):
+        run_server(loop, handler, client)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+
+
+def test_a_message_that_is_neither_text_nor_bytes_is_refused() -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError):
+            fanout.broadcast([], 3)  # type: ignore[arg-type]
+
+    asyncio.run(main())
 
 
 # --- A raw WebSocket client, to see frames exactly as the server wrote them ---

@@ -69,26 +69,35 @@ class FanoutConnection(ServerConnection):
         # A connection that was lost or aborted since can take nothing more.
         if frames and not self.transport.is_closing():
             self.transport.writelines(frames)
+            # Some asyncio versions (3.12.0-3.12.8, 3.13.0-3.13.1) don't check
+            # the high-water mark in writelines(): check it here, so that a
+            # client that stops reading is dropped at MAX_SEND_BUFFER.
+            high = self.transport.get_write_buffer_limits()[1]
+            if not self.paused and self.transport.get_write_buffer_size() > high:
+                self.pause_writing()
 
 
-#: Connections with queued frames, and the event loop that will write them.
-_pending: list[FanoutConnection] = []
-_flush_loop: asyncio.AbstractEventLoop | None = None
+#: Connections with queued frames, by the event loop that will write them.
+_pending: dict[asyncio.AbstractEventLoop, list[FanoutConnection]] = {}
 
 
 def broadcast(connections: Iterable[ServerConnection], message: Data) -> int:
     """Send ``message`` to every open connection; return how many it went to.
 
-    A :class:`str` goes in a text frame, :class:`bytes` in a binary frame.
-    Call it from the event loop; it never waits. Connections that aren't
-    :class:`FanoutConnection` (the server creates them as such) get the
-    library's ``broadcast()``.
+    A :class:`str` goes in a text frame, bytes in a binary frame. Call it from
+    the event loop that runs the connections; it never waits. Connections
+    that aren't :class:`FanoutConnection` (the server creates them as such),
+    or that belong to another event loop, get the library's
+    ``broadcast()``. Unlike it, it has no ``raise_exceptions`` or ``text``
+    arguments.
     """
-    global _flush_loop
+    loop = asyncio.get_running_loop()
     if isinstance(message, str):
         frame = Frame(Opcode.TEXT, message.encode()).serialize(mask=False)
-    else:
+    elif isinstance(message, bytes | bytearray | memoryview):
         frame = Frame(Opcode.BINARY, bytes(message)).serialize(mask=False)
+    else:
+        raise TypeError("message must be str or bytes-like")
     sent = 0
     for connection in connections:
         if connection.protocol.state is not OPEN:
@@ -100,32 +109,34 @@ def broadcast(connections: Iterable[ServerConnection], message: Data) -> int:
             connection.protocol.extensions
             or connection.debug
             or not isinstance(connection, FanoutConnection)
+            or connection.loop is not loop
         ):
             send_each([connection], message)
         elif connection.queued is None:
             connection.queued = [frame]
-            _pending.append(connection)
+            pending = _pending.get(loop)
+            if pending is None:
+                pending = _pending[loop] = []
+                loop.call_soon(_write_pending, loop)
+            pending.append(connection)
         else:
             connection.queued.append(frame)
         sent += 1
-    if _pending:
-        loop = asyncio.get_running_loop()
-        if _flush_loop is not loop:
-            _flush_loop = loop
-            loop.call_soon(_write_pending)
     return sent
 
 
-def _write_pending() -> None:
+def _write_pending(loop: asyncio.AbstractEventLoop) -> None:
     """Write each connection's queued frames in one call, once per turn."""
-    global _flush_loop
-    _flush_loop = None
-    connections = _pending.copy()
-    _pending.clear()
-    for connection in connections:
+    connections = _pending.pop(loop, [])
+    for index, connection in enumerate(connections):
         try:
             connection.write_queued()
         except Exception as exc:  # as the library's broadcast(): log, go on
             connection.logger.warning(
                 "skipped broadcast: failed to write message: %s", exc
             )
+        except BaseException:
+            # Interrupted (KeyboardInterrupt...): keep the rest for later.
+            _pending.setdefault(loop, []).extend(connections[index + 1 :])
+            loop.call_soon(_write_pending, loop)
+            raise

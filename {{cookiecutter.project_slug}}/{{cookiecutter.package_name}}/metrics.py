@@ -130,8 +130,9 @@ def exposition() -> tuple[bytes, str]:
 
     global _collector
     if _collector is None:
-        _collector = Collector()
-        REGISTRY.register(_collector)
+        collector = Collector()
+        REGISTRY.register(collector)  # may raise: then try again next scrape
+        _collector = collector
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 

@@ -84,24 +84,27 @@ async def run(config: Config) -> None:
     # (0.3 s each with 10,000 of them): half the shutdown's CPU time. The
     # process is about to exit, and its memory with it: collect no more.
     gc.disable()
-    server.close()  # Closes open connections with 1001 (going away).
     try:
-        async with asyncio.timeout(config.shutdown_timeout):
-            await server.wait_closed()
-    except TimeoutError:
-        logger.warning(
-            "connections still open after SHUTDOWN_TIMEOUT=%gs: exiting anyway",
-            config.shutdown_timeout,
-        )
-        # Drop what is left, as asyncio.Server.abort_clients() would (3.13+).
-        for connection in server.all_connections:
-            connection.transport.abort()
-    else:
-        logger.info("all connections closed: exiting")
-    await cancel(broker_task)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(CLEANUP_TIMEOUT):
-            await broker.close()
+        server.close()  # Closes open connections with 1001 (going away).
+        try:
+            async with asyncio.timeout(config.shutdown_timeout):
+                await server.wait_closed()
+        except TimeoutError:
+            logger.warning(
+                "connections still open after SHUTDOWN_TIMEOUT=%gs: exiting anyway",
+                config.shutdown_timeout,
+            )
+            # Drop what is left, as asyncio.Server.abort_clients() would (3.13+).
+            for connection in server.all_connections:
+                connection.transport.abort()
+        else:
+            logger.info("all connections closed: exiting")
+        await cancel(broker_task)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await broker.close()
+    finally:
+        gc.enable()  # for callers that go on, such as tests running run()
 
 
 async def start_server(config: Config, handler: Handler, routes: Routes) -> Server:
