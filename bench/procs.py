@@ -109,6 +109,29 @@ class ServerProcess:
             await asyncio.sleep(0.002)
         raise RuntimeError(f"no 200 from /healthz within {timeout} s:\n{self.log_tail()}")
 
+    async def wait_for_health_body(self, text: bytes, timeout: float = 20) -> None:
+        """Poll GET /healthz until its answer contains ``text``."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if text in await self.health_answer():
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"/healthz never said {text!r} within {timeout} s:\n{self.log_tail()}")
+
+    async def health_answer(self) -> bytes:
+        """The whole answer to one GET /healthz; empty if refused."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return b""
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return await asyncio.wait_for(reader.read(65536), timeout=5)
+        except (OSError, TimeoutError):
+            return b""
+        finally:
+            writer.close()
+
     async def health(self) -> int | None:
         """Status of one GET /healthz on a new connection; ``None`` if refused."""
         try:

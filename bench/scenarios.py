@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import statistics
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from procs import ClientProcess, ServerProcess, rss_kib, started_client
+from procs import ClientProcess, ServerProcess, free_port, rss_kib, started_client
 from targets import Target
 
 __all__ = ["Settings", "measure"]
@@ -64,7 +66,10 @@ async def under_load(target: Target, settings: Settings, log: Path) -> dict[str,
             latency = await crowd_latency(client, server, settings)
     finally:
         server.kill()
-    return {"boot": boot, "fanout": fanout, "echo": echo, "latency": latency}
+    record = {"boot": boot, "fanout": fanout, "echo": echo, "latency": latency}
+    if target.redis:
+        record["redis_latency"] = await redis_crowd_latency(target, settings, log)
+    return record
 
 
 async def open_group(
@@ -139,6 +144,55 @@ async def crowd_latency(client: ClientProcess, server: ServerProcess, settings: 
         samples=settings.latency_samples,
     )
     await client.request("close", limit=30, group="crowd")
+    return statistics.median(answer["latencies"])
+
+
+async def redis_crowd_latency(target: Target, settings: Settings, log: Path) -> float:
+    """Like crowd_latency, with the room's clients split over two processes
+    that share it through a real redis-server, as on a scaled-out platform."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        [
+            executable,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {**target.env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}"}
+    servers = [ServerProcess(target.argv, env, target.cwd, log) for _ in range(2)]
+    try:
+        for server in servers:
+            await server.wait_healthy()
+            await server.wait_for_health_body(b"broker: connected")
+        async with started_client() as client:
+            half = settings.latency_clients // 2
+            for server in servers:
+                await open_group(client, server, "shared", "/ws/crowd", half, rooms=1)
+            answer = await client.request(
+                "latency",
+                limit=10 * settings.latency_samples + 30,
+                group="shared",
+                samples=settings.latency_samples,
+            )
+            await client.request("close", limit=30, group="shared")
+    finally:
+        for server in servers:
+            server.kill()
+        redis.kill()
+        redis.wait()
+    if "error" in answer:
+        raise RuntimeError(f"through Redis: {answer['error']}")
     return statistics.median(answer["latencies"])
 
 

@@ -45,6 +45,8 @@ class Target:
     env: dict[str, str]
     #: Settings that differ from the framework's defaults, and why.
     notes: str
+    #: Whether it can share rooms through Redis (REDIS_URL): only (a) can.
+    redis: bool = False
 
 
 def bake(output_dir: Path) -> tuple[Path, str]:
@@ -99,6 +101,7 @@ def targets(project: Path, package: str) -> list[Target]:
             {**env, **TEMPLATE_SETTINGS},
             "MAX_MESSAGES_PER_SECOND=1000000 and MAX_CONNECTIONS=20000 (defaults 20 and"
             " 5000) so that the load and 10,000-connection tests can run; all else default",
+            redis=True,
         ),
         Target(
             "b",

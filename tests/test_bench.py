@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import IN_CI, TEMPLATE
+from conftest import IN_CI, TEMPLATE, require_tool
 
 BENCH = TEMPLATE / "bench"
 RESULTS = BENCH / "RESULTS.md"
@@ -46,6 +46,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str
     """Run ``bench/run.py --smoke`` once; return its JSON and what it printed."""
     for module in MODULES:
         require_module(module)
+    require_tool("redis-server")  # (a) is measured through Redis too
     before = RESULTS.read_bytes() if RESULTS.exists() else None
     output = tmp_path_factory.mktemp("bench") / "smoke.json"
     result = subprocess.run(
@@ -84,6 +85,15 @@ def test_every_client_saw_the_close_code_of_its_server(
         assert row["exit_statuses"] == [0], key
     uvicorn = results["rows"]["d"]
     assert uvicorn["close_codes"] == [{"1012": uvicorn["sigterm_connections"]}]
+
+
+def test_the_baked_app_is_also_measured_across_two_processes_through_redis(
+    smoke: tuple[dict[str, Any], str],
+) -> None:
+    results, printed = smoke
+    assert results["rows"]["a"]["redis_latency_ms"] > 0
+    assert all(results["rows"][key]["redis_latency_ms"] is None for key in SERVERS if key != "a")
+    assert "split over two processes of (a) sharing the room through Redis" in printed
 
 
 def test_the_client_offers_deflate_like_a_browser_and_the_baseline_takes_it(
