@@ -137,13 +137,20 @@ async def crowd_latency(client: ClientProcess, server: ServerProcess, settings: 
     """Median seconds for one message to reach every client of a large room."""
     count = settings.latency_clients
     await open_group(client, server, "crowd", "/ws/crowd", count, rooms=1)
+    return await group_latency(client, "crowd", settings)
+
+
+async def group_latency(client: ClientProcess, group: str, settings: Settings) -> float:
+    """Median seconds for a message from the group's first member to reach all; closes it."""
     answer = await client.request(
         "latency",
         limit=10 * settings.latency_samples + 30,
-        group="crowd",
+        group=group,
         samples=settings.latency_samples,
     )
-    await client.request("close", limit=30, group="crowd")
+    await client.request("close", limit=30, group=group)
+    if "error" in answer:
+        raise RuntimeError(f"{group}: {answer['error']}")
     return statistics.median(answer["latencies"])
 
 
@@ -179,21 +186,12 @@ async def redis_crowd_latency(target: Target, settings: Settings, log: Path) -> 
             half = settings.latency_clients // 2
             for server in servers:
                 await open_group(client, server, "shared", "/ws/crowd", half, rooms=1)
-            answer = await client.request(
-                "latency",
-                limit=10 * settings.latency_samples + 30,
-                group="shared",
-                samples=settings.latency_samples,
-            )
-            await client.request("close", limit=30, group="shared")
+            return await group_latency(client, "shared", settings)
     finally:
         for server in servers:
             server.kill()
         redis.kill()
         redis.wait()
-    if "error" in answer:
-        raise RuntimeError(f"through Redis: {answer['error']}")
-    return statistics.median(answer["latencies"])
 
 
 async def idle_then_sigterm(target: Target, settings: Settings, log: Path) -> dict[str, Any]:
