@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,29 +120,28 @@ class ServerProcess:
 
     async def health_answer(self) -> bytes:
         """The whole answer to one GET /healthz; empty if refused."""
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return b""
-        try:
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            return await asyncio.wait_for(reader.read(65536), timeout=5)
-        except (OSError, TimeoutError):
-            return b""
-        finally:
-            writer.close()
+        return await self.ask_health(lambda reader: reader.read(65536)) or b""
 
     async def health(self) -> int | None:
         """Status of one GET /healthz on a new connection; ``None`` if refused."""
+        status_line = await self.ask_health(lambda reader: reader.readline())
+        try:
+            return int(status_line.split()[1]) if status_line else None
+        except (ValueError, IndexError):
+            return None
+
+    async def ask_health(
+        self, read: Callable[[asyncio.StreamReader], Awaitable[bytes]]
+    ) -> bytes | None:
+        """Send GET /healthz on a new connection; ``read`` what comes back, within 5 s."""
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         except OSError:
             return None
         try:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            status_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            return int(status_line.split()[1]) if status_line else None
-        except (OSError, TimeoutError, ValueError, IndexError):
+            return await asyncio.wait_for(read(reader), timeout=5)
+        except (OSError, TimeoutError):
             return None
         finally:
             writer.close()
