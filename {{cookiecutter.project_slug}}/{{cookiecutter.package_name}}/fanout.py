@@ -72,8 +72,9 @@ class FanoutConnection(ServerConnection):
             # Some asyncio versions (3.12.0-3.12.8, 3.13.0-3.13.1) don't check
             # the high-water mark in writelines(): check it here, so that a
             # client that stops reading is dropped at MAX_SEND_BUFFER.
-            high = self.transport.get_write_buffer_limits()[1]
-            if not self.paused and self.transport.get_write_buffer_size() > high:
+            # (The library set the transport's high-water mark to this.)
+            buffered = self.transport.get_write_buffer_size()
+            if not self.paused and buffered > self.write_limit_high:
                 self.pause_writing()
 
 
