@@ -1,53 +1,203 @@
-"""Fan-out of room messages to every process that has members of the room.
+"""Fan-out and history of room messages, behind one small interface.
 
-With one process, every member of a room is here, and delivering a message
-is a local broadcast: that is :class:`Broker`. With several processes (two
-dynos, two Fly machines, or workers on one machine), each holds some members
-of each room, so every message must go through a broker they share: see
-``redis_broker.py``, when the project was generated with Redis.
+A broker stores each message in its room's history, gives it an id, and
+delivers it to every process that has members of the room. It also replays
+a room's history after a given id, for clients that come back.
+
+With one process, every member of a room is here: :class:`Broker` keeps
+history in this process's memory. With several processes (two dynos, two
+Fly machines, or workers on one machine), every message must go through a
+broker they share: see ``redis_broker.py``, when the project was generated
+with Redis. Both pass the same tests (``tests/test_broker.py``).
+
+History is bounded like a Redis Stream with ``MAXLEN`` and ``EXPIRE``: the
+last ``HISTORY_SIZE`` messages of each room, for ``HISTORY_TTL`` seconds
+after its last message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-__all__ = ["Broker", "Deliver"]
+from . import protocol
+
+__all__ = ["Broker", "Deliver", "MemoryHistory", "Replay", "Stored"]
 
 logger = logging.getLogger(__name__)
 
-#: Called with (topic, message) for each message published to any topic.
-Deliver = Callable[[str, str], None]
+#: Called with (room, message id, message frame) for each message stored.
+Deliver = Callable[[str, str, str], None]
+
+#: Seconds between sweeps of expired rooms out of memory.
+SWEEP_INTERVAL = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where a published message went."""
+
+    id: str
+    #: True when its client_id was already published: nothing was stored
+    #: again, and ``id`` is the first message's.
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a room's history holds after an id."""
+
+    #: False when history cannot prove that nothing is missing; None when
+    #: nothing was asked for.
+    recovered: bool | None
+    #: The message frames after the id, oldest first.
+    frames: list[str]
+    #: The id of the newest message in the history, if any.
+    last_id: str | None
+
+
+@dataclass(slots=True)
+class _Room:
+    epoch: str
+    messages: deque[tuple[int, str]]
+    #: client_id -> (message id, expiry time), oldest first.
+    client_ids: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
+    counter: int = 0
+    expires: float = 0.0
+
+
+class MemoryHistory:
+    """Room histories in this process's memory, bounded like the Redis ones.
+
+    Ids are ``<epoch>:<counter>``. The epoch is new in each process and for
+    each room that expired, so an id from before a restart or an expiry is
+    never taken for one of today's: it gets ``recovered: false``.
+    """
+
+    def __init__(self, *, size: int, ttl: float) -> None:
+        self.size = size
+        self.ttl = ttl
+        self.rooms: dict[str, _Room] = {}
+
+    def store(self, room: str, tail: str, client_id: str | None) -> tuple[Stored, str]:
+        """Store a message; return where it went and its frame."""
+        now = time.monotonic()
+        state = self._live(room, now)
+        if state is None:
+            state = self.rooms[room] = _Room(
+                secrets.token_hex(4), deque(maxlen=self.size)
+            )
+        if client_id is not None:
+            while state.client_ids:  # forget client_ids past their window
+                first = next(iter(state.client_ids.values()))
+                if first[1] > now and len(state.client_ids) <= 10 * self.size:
+                    break
+                state.client_ids.popitem(last=False)
+            known = state.client_ids.get(client_id)
+            if known is not None:
+                return Stored(known[0], duplicate=True), ""
+        state.counter += 1
+        message_id = f"{state.epoch}:{state.counter}"
+        frame = protocol.message_frame(message_id, tail)
+        state.messages.append((state.counter, frame))
+        state.expires = now + self.ttl
+        if client_id is not None:
+            state.client_ids[client_id] = (message_id, now + self.ttl)
+        return Stored(message_id, duplicate=False), frame
+
+    def replay(self, room: str, since: str | None) -> Replay:
+        """The messages after ``since``, if history still holds them all."""
+        state = self._live(room, time.monotonic())
+        if state is None:
+            return Replay(recovered=False, frames=[], last_id=None)
+        last_id = f"{state.epoch}:{state.counter}" if state.messages else None
+        epoch, colon, number = (since or "").partition(":")
+        if not (colon and epoch == state.epoch and number.isdecimal()):
+            return Replay(recovered=False, frames=[], last_id=last_id)
+        after = int(number)
+        oldest = state.messages[0][0] if state.messages else state.counter + 1
+        # Every id from ``after`` on must still be here; ``after`` itself may
+        # be the one just before the oldest.
+        if not oldest - 1 <= after <= state.counter:
+            return Replay(recovered=False, frames=[], last_id=last_id)
+        frames = [frame for counter, frame in state.messages if counter > after]
+        return Replay(recovered=True, frames=frames, last_id=last_id)
+
+    def last_id(self, room: str) -> str | None:
+        state = self._live(room, time.monotonic())
+        if state is None or not state.messages:
+            return None
+        return f"{state.epoch}:{state.counter}"
+
+    def sweep(self) -> None:
+        """Forget rooms whose history expired."""
+        now = time.monotonic()
+        expired = [room for room, state in self.rooms.items() if state.expires <= now]
+        for room in expired:
+            del self.rooms[room]
+
+    def _live(self, room: str, now: float) -> _Room | None:
+        state = self.rooms.get(room)
+        if state is not None and state.expires <= now:
+            del self.rooms[room]
+            return None
+        return state
 
 
 class Broker:
-    """Deliver each published message to this process's subscribers only."""
+    """Store messages in this process's memory; deliver them here only."""
 
     #: What /healthz reports: "local" means rooms end at this process.
     status = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
         self._subscribers: list[Deliver] = []
+        self.local_history = MemoryHistory(size=history_size, ttl=history_ttl)
 
     def subscribe(self, deliver: Deliver) -> None:
-        """Call ``deliver(topic, message)`` for every message published."""
+        """Call ``deliver(room, id, frame)`` for every message stored."""
         self._subscribers.append(deliver)
 
-    async def publish(self, topic: str, message: str) -> None:
-        """Deliver ``message`` to every subscriber of ``topic``."""
-        self.deliver_locally(topic, message)
+    async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
+        """Store a message (see :func:`protocol.message_tail`) and deliver it.
 
-    def deliver_locally(self, topic: str, message: str) -> None:
+        A ``client_id`` already published in the room within the history
+        window is not stored nor delivered again: the first one's id is
+        returned.
+        """
+        return self.publish_locally(room, tail, client_id)
+
+    async def replay(self, room: str, since: str | None) -> Replay:
+        """The room's messages after ``since``; with None, its last id only."""
+        if since is None:
+            return Replay(None, [], self.local_history.last_id(room))
+        return self.local_history.replay(room, since)
+
+    def publish_locally(self, room: str, tail: str, client_id: str | None) -> Stored:
+        stored, frame = self.local_history.store(room, tail, client_id)
+        if not stored.duplicate:
+            self.deliver_locally(room, stored.id, frame)
+        return stored
+
+    def deliver_locally(self, room: str, message_id: str, frame: str) -> None:
         for deliver in self._subscribers:
-            deliver(topic, message)
+            deliver(room, message_id, frame)
 
     async def run(self) -> None:
-        """Keep the broker connected until cancelled; nothing to do here."""
+        """Forget expired histories until cancelled."""
 {%- if cookiecutter.use_redis %}
         logger.info("rooms are process-local (set REDIS_URL to share them)")
 {%- else %}
         logger.info("rooms are process-local: one process serves them all")
 {%- endif %}
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.local_history.sweep()
 
     async def close(self) -> None:
         """Release connections; nothing to release here."""

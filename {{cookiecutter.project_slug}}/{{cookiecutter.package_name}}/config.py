@@ -72,6 +72,12 @@ class Config:
     #: it shrinks large text, but costs about 32 KiB per connection and CPU
     #: on every message.
     compression: str
+    #: Messages kept per room for clients that resume; 0 keeps none.
+    history_size: int
+    #: Seconds a room's history is kept after its last message.
+    history_ttl: float
+    #: Characters allowed in one message's text.
+    max_text_length: int
 {%- if cookiecutter.use_redis %}
     #: Redis shared by every process; ``None`` keeps rooms process-local.
     redis_url: str | None
@@ -113,6 +119,13 @@ class Config:
             event_loop=_read_event_loop(environ, "EVENT_LOOP"),
             compression=_read_choice(
                 environ, "COMPRESSION", "off", COMPRESSIONS, upper=False
+            ),
+            history_size=_read_int(
+                environ, "HISTORY_SIZE", default=1000, low=0, high=100_000
+            ),
+            history_ttl=_read_positive(environ, "HISTORY_TTL", 300.0),
+            max_text_length=_read_int(
+                environ, "MAX_TEXT_LENGTH", default=2000, low=1, high=2**20
             ),
 {%- if cookiecutter.use_redis %}
             redis_url=_read_redis_url(environ, "REDIS_URL"),

@@ -1,12 +1,24 @@
-"""Rooms shared by every process through Redis pub/sub.
+"""Rooms shared by every process through Redis: a Stream of history per
+room, and pub/sub for delivery.
 
-Each message is published to Redis on the room's channel; every process
-subscribes to all room channels and delivers what it receives to its own
-members of that room. So each client gets each message exactly once, in the
-order its sender sent it, whichever process either of them is connected to.
+One Lua script stores each message and publishes it, atomically: it checks
+the client_id (``SET`` with an expiry, so a message sent again after a
+reconnect is not stored twice), appends to the room's Stream (``XADD`` with
+``MAXLEN ~ HISTORY_SIZE``, then an expiry of ``HISTORY_TTL``) and publishes
+the message frame, whose id is the Stream entry id. No message is published
+without being in history. Every process subscribes to all room channels and
+delivers what it receives to its own members of that room, so each client
+gets each message exactly once, in the order Redis stored them, whichever
+process either of them is connected to.
+
+Every key of a room carries the room in braces, ``{room}``, its hash tag on
+a Redis Cluster, so that the script's keys are on one shard.
 
 Redis going away must not take the web process down: while Redis is
-unreachable, messages are delivered within this process only, and the
+unreachable, messages are stored in this process's memory and delivered
+within this process only (their ids are of the in-memory form, which Redis
+never knows: a client resuming from one on another process gets
+``recovered: false``), and the
 subscriber reconnects with capped, jittered backoff. Each change of state is
 logged once. A Redis that hangs, or a link that dies without a reset, is
 noticed by a heartbeat: every few seconds the process publishes to a channel
@@ -26,7 +38,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .broker import Broker
+from . import protocol
+from .broker import Broker, Replay, Stored
 
 __all__ = ["RedisBroker"]
 
@@ -45,12 +58,41 @@ HEARTBEAT_INTERVAL = 2.0
 
 FAILURES = (RedisError, OSError)
 
+#: KEYS: the room's Stream, the client_id's key. ARGV: the room's channel,
+#: HISTORY_SIZE, the trimming operator, HISTORY_TTL in milliseconds, the
+#: message's tail (see protocol.message_tail), protocol.MESSAGE_PREFIX.
+#: Returns the message's id, and 1 if its client_id was seen before.
+STORE_AND_PUBLISH = """
+local first = redis.call('GET', KEYS[2])
+if first then
+  return {first, 1}
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[2], '*', 't', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], id, 'PX', ARGV[4])
+redis.call('PUBLISH', ARGV[1], ARGV[6] .. id .. '",' .. ARGV[5])
+return {id, 0}
+"""
+
+
+def hash_tag(room: str) -> str:
+    """``{room}``: on a Redis Cluster, keys with the same tag share a shard."""
+    return "{" + room + "}"
+
 
 class RedisBroker(Broker):
     """Publish to Redis; deliver what Redis sends back to local subscribers."""
 
-    def __init__(self, url: str, *, channel_prefix: str, ssl_cert_reqs: str) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel_prefix: str,
+        ssl_cert_reqs: str,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+    ) -> None:
+        super().__init__(history_size=history_size, history_ttl=history_ttl)
         options = {"ssl_cert_reqs": ssl_cert_reqs} if url.startswith("rediss:") else {}
         self.redis = redis.from_url(
             url,
@@ -64,7 +106,11 @@ class RedisBroker(Broker):
             socket_keepalive=True,
             **options,
         )
+        self.prefix = channel_prefix
         self.rooms_prefix = f"{channel_prefix}room:"
+        self.history_size = history_size
+        self.history_ttl_ms = max(1, round(history_ttl * 1000))
+        self.store_and_publish = self.redis.register_script(STORE_AND_PUBLISH)
         self.heartbeat_channel = f"{channel_prefix}heartbeat:{uuid.uuid4().hex}"
         self.location = urlsplit(url).hostname or "unix socket"  # never the password
         #: Set by the subscriber loop only: it alone knows whether messages
@@ -72,12 +118,38 @@ class RedisBroker(Broker):
         self.status = "connecting"
         self.publish_failing = False
 
-    async def publish(self, topic: str, message: str) -> None:
+    def history_key(self, room: str) -> str:
+        return f"{self.prefix}{hash_tag(room)}:history"
+
+    def client_key(self, room: str, client_id: str) -> str:
+        return f"{self.prefix}{hash_tag(room)}:client:{client_id}"
+
+    def channel(self, room: str) -> str:
+        return self.rooms_prefix + hash_tag(room)
+
+    async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
         if self.status == "connected":
             try:
-                await self.redis.publish(self.rooms_prefix + topic, message)
+                message_id, duplicate = await self.store_and_publish(
+                    keys=[
+                        self.history_key(room),
+                        # Without a client_id of its own, a message gets one
+                        # anyway: redis-py retries a command once after a
+                        # connection error, and the retry must not store the
+                        # message twice.
+                        self.client_key(room, client_id or uuid.uuid4().hex),
+                    ],
+                    args=[
+                        self.channel(room),
+                        self.history_size,
+                        "~" if self.history_size else "=",
+                        self.history_ttl_ms,
+                        tail,
+                        protocol.MESSAGE_PREFIX,
+                    ],
+                )
             except FAILURES as exc:
-                # This message only: deliver it here. If Redis is really gone,
+                # This message only: keep it here. If Redis is really gone,
                 # the subscriber notices and reports it.
                 if not self.publish_failing:
                     self.publish_failing = True
@@ -86,8 +158,43 @@ class RedisBroker(Broker):
                     )
             else:
                 self.publish_failing = False
-                return
-        self.deliver_locally(topic, message)
+                return Stored(message_id, duplicate=bool(duplicate))
+        return self.publish_locally(room, tail, client_id)
+
+    async def replay(self, room: str, since: str | None) -> Replay:
+        local = since is not None and ":" in since
+        if local:
+            # An in-memory id: given by this process while Redis was away.
+            replay = self.local_history.replay(room, since)
+            if replay.recovered:
+                return replay
+        if self.status != "connected":
+            return Replay(None if since is None else False, [], None)
+        key = self.history_key(room)
+        try:
+            if since is None or local:
+                newest = await self.redis.xrevrange(key, count=1)
+                return Replay(since and False, [], newest[0][0] if newest else None)
+            if protocol.sequence(since) is None:
+                return Replay(False, [], None)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(key, since, since)
+                pipe.xrange(key, f"({since}")
+                pipe.xrevrange(key, count=1)
+                found, after, newest = await pipe.execute()
+        except FAILURES as exc:
+            logger.info("history of %s unavailable: %s", room, exc)
+            return Replay(None if since is None else False, [], None)
+        last_id = newest[0][0] if newest else None
+        # Streams are trimmed from the oldest entry on: while ``since`` is
+        # still there, so is everything after it.
+        if not found:
+            return Replay(False, [], last_id)
+        frames = [
+            protocol.message_frame(message_id, fields["t"])
+            for message_id, fields in after
+        ]
+        return Replay(True, frames, last_id)
 
     async def run(self) -> None:
         """Subscribe to every room, and resubscribe whenever the link drops."""
@@ -118,6 +225,7 @@ class RedisBroker(Broker):
             if now >= next_beat:
                 await self.redis.publish(self.heartbeat_channel, "")
                 next_beat = now + HEARTBEAT_INTERVAL
+                self.local_history.sweep()
             if now - heard > HEARTBEAT_INTERVAL + REDIS_TIMEOUT:
                 raise TimeoutError("heartbeat not heard back")
             event = await pubsub.get_message(
@@ -126,8 +234,9 @@ class RedisBroker(Broker):
             if event is None:
                 continue
             if event["type"] == "pmessage":
-                topic = event["channel"].removeprefix(self.rooms_prefix)
-                self.deliver_locally(topic, event["data"])
+                room = event["channel"][len(self.rooms_prefix) + 1 : -1]
+                frame = event["data"]
+                self.deliver_locally(room, protocol.message_id(frame), frame)
             elif event["channel"] == self.heartbeat_channel:
                 heard = loop.time()
 

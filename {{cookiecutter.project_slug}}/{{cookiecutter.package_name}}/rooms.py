@@ -1,83 +1,29 @@
-"""The demo chat room: every text message goes to everyone in the same room.
+"""The demo chat: yours to change or replace.
 
-This module is yours to replace. The server needs one object from it, built
-with the broker, that offers:
+The plumbing (``hub.py``) owns the transport, the wire protocol, history,
+resume, acknowledgements and fan-out. It asks this module two questions,
+the only decisions that belong to the application:
 
-* ``accepts(path)``, telling which request paths are WebSocket endpoints;
-  any other path gets 404 before the handshake;
-* ``handler(connection)``, run once per WebSocket connection until it closes.
+* :meth:`Chat.may_join`: may a client join this room? A refusal answers the
+  handshake with HTTP 403, before any WebSocket exists.
+* :meth:`Chat.on_message`: what becomes of a message a client sent? Return
+  the text to publish to the room, or ``None`` to refuse it (the sender
+  gets an ``error`` frame, ``"error": "rejected"``).
 
-Shutdown, health checks, signals and the broker's connection live elsewhere
-and keep working whatever you put here.
+Both run in the event loop, for every join and every message: keep them
+quick, and never block.
 """
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
-from urllib.parse import urlsplit
-
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosedError
-from websockets.frames import CloseCode
-
-from . import fanout, metrics
-from .broker import Broker
-
-__all__ = ["DEFAULT_ROOM", "ChatRooms", "room_for"]
-
-DEFAULT_ROOM = "lobby"
-
-#: ``/ws`` joins the default room; ``/ws/<room>`` joins the named room.
-ROOM_PATH = re.compile(r"/ws(?:/(?P<room>[A-Za-z0-9_-]{1,64}))?")
+__all__ = ["Chat"]
 
 
-def room_for(path: str) -> str | None:
-    """Return the room that ``path`` joins, or ``None`` if it joins none."""
-    match = ROOM_PATH.fullmatch(urlsplit(path).path)
-    if match is None:
-        return None
-    return match["room"] or DEFAULT_ROOM
+class Chat:
+    """Anyone may join any room; every message goes to the room as sent."""
 
+    def may_join(self, room: str) -> bool:
+        return True
 
-class ChatRooms:
-    """Rooms whose messages travel through ``broker``, sender included."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        #: Members connected to this process, by room.
-        self.members: defaultdict[str, set[ServerConnection]] = defaultdict(set)
-        broker.subscribe(self.deliver)
-
-    def accepts(self, path: str) -> bool:
-        """Tell whether ``path`` is a WebSocket endpoint."""
-        return room_for(path) is not None
-
-    async def handler(self, connection: ServerConnection) -> None:
-        """Publish each text message the client sends to its room."""
-        # accepts() has already turned away every path that names no room.
-        room = room_for(connection.request.path) or DEFAULT_ROOM
-        room_members = self.members[room]
-        room_members.add(connection)
-        try:
-            async for message in connection:
-                if isinstance(message, str):
-                    metrics.MESSAGES_RECEIVED.inc()
-                    await self.broker.publish(room, message)
-                else:
-                    await connection.close(CloseCode.UNSUPPORTED_DATA, "text only")
-        except ConnectionClosedError:
-            # The client broke the protocol or vanished. websockets has
-            # already closed the connection with the right code; there is
-            # nothing to add and no reason to log a traceback.
-            pass
-        finally:
-            room_members.discard(connection)
-            if not room_members:
-                del self.members[room]
-
-    def deliver(self, room: str, message: str) -> None:
-        """Send a message of ``room`` to its members in this process."""
-        # Like websockets' broadcast(), but much cheaper in a busy room.
-        delivered = fanout.broadcast(self.members.get(room, ()), message)
-        metrics.MESSAGES_DELIVERED.inc(delivered)
+    def on_message(self, room: str, text: str) -> str | None:
+        return text

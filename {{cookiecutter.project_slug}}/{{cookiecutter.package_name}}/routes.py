@@ -49,6 +49,7 @@ class Routes:
         is_websocket_path: Callable[[str], bool],
         broker: Broker,
         *,
+        authorizes: Callable[[str], bool] = lambda path: True,
         worker_id: int | None = None,
         serve_page: bool = True,
         serve_metrics: bool = True,
@@ -57,6 +58,7 @@ class Routes:
     ) -> None:
         self.is_websocket_path = is_websocket_path
         self.broker = broker
+        self.authorizes = authorizes
         self.worker_id = worker_id
         self.max_connections = max_connections
         self.open_connections = open_connections
@@ -96,6 +98,8 @@ class Routes:
                 return connection.respond(
                     http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n"
                 )
+            if not self.authorizes(request.path):
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden\n")
             return None  # websockets answers 405 or 426 to non-handshakes.
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
 

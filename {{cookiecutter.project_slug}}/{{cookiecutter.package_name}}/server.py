@@ -23,8 +23,9 @@ from websockets.asyncio.server import Server, serve
 from . import limits, metrics
 from .broker import Broker
 from .config import Config
+from .hub import Hub
 from .metrics import Handler
-from .rooms import ChatRooms
+from .rooms import Chat
 from .routes import Routes
 
 __all__ = [
@@ -54,11 +55,12 @@ async def run(config: Config) -> None:
     )
     raise_open_files_limit()
     broker = create_broker(config)
-    rooms = ChatRooms(broker)
+    hub = Hub(broker, Chat(), max_text_length=config.max_text_length)
     counter = metrics.ConnectionCounter()
     routes = Routes(
-        rooms.accepts,
+        hub.accepts,
         broker,
+        authorizes=hub.authorizes,
         worker_id=config.worker_id,
         serve_page=config.serve_page,
         serve_metrics=config.serve_metrics,
@@ -66,7 +68,7 @@ async def run(config: Config) -> None:
         open_connections=lambda: counter.open,
     )
     try:
-        server = await start_server(config, counter.wrap(rooms.handler), routes)
+        server = await start_server(config, counter.wrap(hub.handler), routes)
     except OSError as exc:
         logger.critical("cannot listen on port %d: %s", config.port, exc)
         raise SystemExit(1) from None
@@ -160,9 +162,11 @@ def create_broker(config: Config) -> Broker:
             config.redis_url,
             channel_prefix=f"{__package__}:",
             ssl_cert_reqs=config.redis_ssl_cert_reqs,
+            history_size=config.history_size,
+            history_ttl=config.history_ttl,
         )
 {%- endif %}
-    return Broker()
+    return Broker(history_size=config.history_size, history_ttl=config.history_ttl)
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

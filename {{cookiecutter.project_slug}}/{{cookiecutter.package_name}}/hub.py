@@ -1,0 +1,218 @@
+"""Rooms: who is in which, joining with resume, and each client's frames.
+
+This is plumbing: it speaks the wire protocol (``protocol.py``), stores and
+fans out through the broker, and asks the user's module (``rooms.py``) only
+what the application decides: may this client join this room, and what
+becomes of this message.
+
+Joining with ``?since=<id>`` has a seam between the history replayed and
+the live messages, where a message could be lost or shown twice. The order
+that closes it: the connection starts listening first (live messages are
+buffered), then the history after ``since`` is read, then the connection
+gets ``joined``, the replay, and the buffered messages the replay did not
+hold. Redis delivers live messages on another connection than the one that
+reads history, so a message can also arrive live *after* the replay that
+held it: until a live message at or past the replay's last id arrives, a
+connection drops live messages the replay already gave it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosedError
+from websockets.frames import CloseCode
+
+from . import fanout, metrics, protocol
+from .broker import Broker, Replay
+from .rooms import Chat
+
+__all__ = ["DEFAULT_ROOM", "Hub", "room_for", "since_for"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROOM = "lobby"
+
+#: ``/ws`` joins the default room; ``/ws/<room>`` joins the named room.
+ROOM_PATH = re.compile(r"/ws(?:/(?P<room>[A-Za-z0-9_-]{1,64}))?")
+
+#: Longer ``since`` values name no message: they get ``recovered: false``.
+MAX_SINCE_LENGTH = 64
+
+
+def room_for(path: str) -> str | None:
+    """Return the room that ``path`` joins, or ``None`` if it joins none."""
+    match = ROOM_PATH.fullmatch(urlsplit(path).path)
+    if match is None:
+        return None
+    return match["room"] or DEFAULT_ROOM
+
+
+def since_for(path: str) -> str | None:
+    """Return the ``since`` query parameter of ``path``, if any."""
+    values = parse_qs(urlsplit(path).query).get("since")
+    return values[-1] if values else None
+
+
+@dataclass(slots=True)
+class _Joining:
+    """A connection between listening and live."""
+
+    #: Live messages held while history is read; None once it has been sent.
+    held: list[tuple[str, str]] | None = field(default_factory=list)
+    #: Once history is sent: live messages up to this one were in it.
+    replayed_up_to: tuple[str, int, int] | None = None
+
+
+class Hub:
+    """Every room of this process, each client's frames, and the broker."""
+
+    def __init__(self, broker: Broker, chat: Chat, *, max_text_length: int) -> None:
+        self.broker = broker
+        self.chat = chat
+        self.max_text_length = max_text_length
+        #: Live members connected to this process, by room.
+        self.members: dict[str, set[ServerConnection]] = {}
+        #: Members still joining, by room.
+        self.joining: dict[str, dict[ServerConnection, _Joining]] = {}
+        broker.subscribe(self.deliver)
+
+    def accepts(self, path: str) -> bool:
+        """Tell whether ``path`` is a WebSocket endpoint."""
+        return room_for(path) is not None
+
+    def authorizes(self, path: str) -> bool:
+        """Tell whether the user's module lets a client join ``path``'s room."""
+        room = room_for(path)
+        return room is not None and self.chat.may_join(room)
+
+    async def handler(self, connection: ServerConnection) -> None:
+        """Join the room, then handle each frame the client sends."""
+        # process_request has already turned away every path that names no
+        # room, and every room the client may not join.
+        room = room_for(connection.request.path) or DEFAULT_ROOM
+        try:
+            await self.join(connection, room, since_for(connection.request.path))
+            async for frame in connection:
+                if not isinstance(frame, str):
+                    await connection.close(CloseCode.UNSUPPORTED_DATA, "text only")
+                    break
+                metrics.MESSAGES_RECEIVED.inc()
+                await self.receive(connection, room, frame)
+        except ConnectionClosedError:
+            # The client broke the protocol or vanished. websockets has
+            # already closed the connection with the right code; there is
+            # nothing to add and no reason to log a traceback.
+            pass
+        finally:
+            self.leave(connection, room)
+
+    async def join(
+        self, connection: ServerConnection, room: str, since: str | None
+    ) -> None:
+        """Send ``joined``, then the history after ``since``, then go live."""
+        joining = _Joining()
+        self.joining.setdefault(room, {})[connection] = joining
+        if since is not None and len(since) > MAX_SINCE_LENGTH:
+            replay = Replay(False, [], None)
+        else:
+            replay = await self.broker.replay(room, since)
+        # From here on nothing awaits: no message can slip in between.
+        frames = [protocol.joined_frame(room, replay.recovered, replay.last_id)]
+        frames += replay.frames
+        replayed_up_to = None
+        if replay.recovered:
+            newest = protocol.message_id(replay.frames[-1]) if replay.frames else since
+            replayed_up_to = protocol.sequence(newest)  # type: ignore[arg-type]
+        held, joining.held = joining.held or [], None
+        caught_up = replayed_up_to is None
+        for message_id, frame in held:
+            if caught_up or self._after(message_id, replayed_up_to):
+                frames.append(frame)
+                caught_up = True
+            elif protocol.sequence(message_id) == replayed_up_to:
+                caught_up = True
+        for frame in frames:
+            fanout.broadcast([connection], frame)
+        metrics.MESSAGES_DELIVERED.inc(len(frames) - 1)
+        if caught_up:
+            self._go_live(connection, room)
+        else:
+            joining.replayed_up_to = replayed_up_to
+
+    async def receive(
+        self, connection: ServerConnection, room: str, frame: str
+    ) -> None:
+        """Publish a client's message and acknowledge it, or answer an error."""
+        try:
+            send = protocol.parse(frame, max_text_length=self.max_text_length)
+            text = self.chat.on_message(room, send.text)
+            if text is None:
+                raise protocol.FrameError(
+                    "rejected", "the room did not accept this message", send.client_id
+                )
+        except protocol.FrameError as error:
+            fanout.broadcast([connection], protocol.error_frame(error))
+            return
+        tail = protocol.message_tail(room, None, text)
+        stored = await self.broker.publish(room, tail, send.client_id)
+        fanout.broadcast([connection], protocol.ack_frame(send.client_id, stored.id))
+
+    def leave(self, connection: ServerConnection, room: str) -> None:
+        members = self.members.get(room)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del self.members[room]
+        self._stop_joining(connection, room)
+
+    def deliver(self, room: str, message_id: str, frame: str) -> None:
+        """Send a message of ``room`` to its members in this process."""
+        members = self.members.get(room)
+        if members:
+            # Like websockets' broadcast(), but much cheaper in a busy room.
+            metrics.MESSAGES_DELIVERED.inc(fanout.broadcast(members, frame))
+        joining = self.joining.get(room)
+        if joining:
+            self._deliver_to_joining(room, joining, message_id, frame)
+
+    def _deliver_to_joining(
+        self,
+        room: str,
+        joining: dict[ServerConnection, _Joining],
+        message_id: str,
+        frame: str,
+    ) -> None:
+        for connection, state in list(joining.items()):
+            if state.held is not None:
+                state.held.append((message_id, frame))
+            elif self._after(message_id, state.replayed_up_to):
+                metrics.MESSAGES_DELIVERED.inc(fanout.broadcast([connection], frame))
+                self._go_live(connection, room)
+            elif protocol.sequence(message_id) == state.replayed_up_to:
+                self._go_live(connection, room)  # the last replayed one, live
+
+    @staticmethod
+    def _after(message_id: str, replayed_up_to: tuple[str, int, int] | None) -> bool:
+        """Whether a live message is newer than the replay, or can't compare."""
+        position = protocol.sequence(message_id)
+        if position is None or replayed_up_to is None:
+            return True
+        if position[0] != replayed_up_to[0]:
+            return True  # another epoch or form: the replay never held it
+        return position > replayed_up_to
+
+    def _go_live(self, connection: ServerConnection, room: str) -> None:
+        self._stop_joining(connection, room)
+        self.members.setdefault(room, set()).add(connection)
+
+    def _stop_joining(self, connection: ServerConnection, room: str) -> None:
+        joining = self.joining.get(room)
+        if joining is not None:
+            joining.pop(connection, None)
+            if not joining:
+                del self.joining[room]
