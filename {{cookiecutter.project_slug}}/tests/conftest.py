@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import http.client
+import itertools
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import ClientConnection, connect
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +81,10 @@ class App:
     def ws_url(self, path: str = "/ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
+    def client(self, path: str = "/ws", **kwargs: object) -> Client:
+        """A protocol client of this app, to use in a ``with`` block."""
+        return Client(self.ws_url(path), **kwargs)
+
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Send ``signum`` and return the exit status."""
         self.process.send_signal(signum)
@@ -91,6 +100,79 @@ class App:
     @property
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+class Client:
+    """A client of the wire protocol (PROTOCOL.md), for tests.
+
+    Use it as a context manager: entering it connects and reads ``joined``.
+    """
+
+    _client_ids = itertools.count()
+
+    def __init__(self, url: str, **kwargs: object) -> None:
+        self._connect = connect(url, **kwargs)  # type: ignore[arg-type]
+        #: Frames read past while looking for another type.
+        self.inbox: collections.deque[dict[str, object]] = collections.deque()
+        self.acks: dict[str | None, str] = {}
+        self.errors: list[dict[str, object]] = []
+
+    def __enter__(self) -> Client:
+        self.connection: ClientConnection = self._connect.__enter__()
+        self.joined = self.next_frame()
+        assert self.joined["type"] == "joined", self.joined
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._connect.__exit__(*exc_info)
+
+    def say(self, text: str, client_id: str | None = "") -> str | None:
+        """Send a message; return its client_id (made up unless given)."""
+        if client_id == "":
+            client_id = f"test-{next(self._client_ids)}"
+        self.send_frame({"type": "message", "text": text, "client_id": client_id})
+        return client_id
+
+    def send_frame(self, frame: object) -> None:
+        self.connection.send(json.dumps(frame))
+
+    def next_frame(self, timeout: float = 5) -> dict[str, object]:
+        return json.loads(self.connection.recv(timeout=timeout))
+
+    def hear(self, timeout: float = 5) -> dict[str, object]:
+        """The next message frame; acks and errors on the way are kept."""
+        deadline = time.monotonic() + timeout
+        while not self.inbox:
+            self._read(max(0.01, deadline - time.monotonic()))
+        return self.inbox.popleft()
+
+    def hear_text(self, timeout: float = 5) -> str:
+        return self.hear(timeout)["text"]  # type: ignore[return-value]
+
+    def ack(self, client_id: str, timeout: float = 5) -> str:
+        """The id the server acknowledged ``client_id`` with."""
+        deadline = time.monotonic() + timeout
+        while client_id not in self.acks:
+            self._read(max(0.01, deadline - time.monotonic()))
+        return self.acks[client_id]
+
+    def error(self, timeout: float = 5) -> dict[str, object]:
+        """The next error frame."""
+        deadline = time.monotonic() + timeout
+        while not self.errors:
+            self._read(max(0.01, deadline - time.monotonic()))
+        return self.errors.pop(0)
+
+    def _read(self, timeout: float) -> None:
+        frame = self.next_frame(timeout)
+        if frame["type"] == "message":
+            self.inbox.append(frame)
+        elif frame["type"] == "ack":
+            self.acks[frame["client_id"]] = frame["id"]  # type: ignore[index]
+        elif frame["type"] == "error":
+            self.errors.append(frame)
+        else:
+            raise AssertionError(f"unexpected frame {frame}")
 
 
 @pytest.fixture
@@ -115,3 +197,57 @@ def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
 def app(start_app: Callable[..., App]) -> App:
     """One running app with the default configuration."""
     return start_app()
+
+
+class RedisServer:
+    """A real redis-server on a free port, that tests may kill and restart."""
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """Kill it as a crash would: its data is gone with it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of its own, on a free port."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)  # outside CI only: under CI=true it failed above
+    server = RedisServer(executable)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url

@@ -1,63 +1,207 @@
-"""Rooms shared by two processes through a real redis-server."""
+"""Rooms and history shared by processes through a real redis-server."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
+import random
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from websockets.sync.client import connect
+import redis
 
-from conftest import App, free_port
+from conftest import PACKAGE, App, RedisServer
+
+
+def wait_connected(app: App, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while b"broker: connected" not in app.request("GET", "/healthz")[1]:
+        assert time.monotonic() < deadline, app.log
+        time.sleep(0.05)
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A redis-server of its own, on a free port."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)  # outside CI only: under CI=true it failed above
-    port = free_port()
-    server = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.kill()
-        server.wait()
+def start_shared(
+    start_app: Callable[..., App], redis_url: str
+) -> Callable[..., App]:
+    """Start an app sharing rooms through the test's redis-server."""
+
+    def start(**env: str) -> App:
+        app = start_app(REDIS_URL=redis_url, **env)
+        wait_connected(app)
+        return app
+
+    return start
 
 
 def test_a_message_crosses_processes_through_redis(
-    start_app: Callable[..., App], redis_url: str
+    start_shared: Callable[..., App],
 ) -> None:
-    apps = [start_app(REDIS_URL=redis_url) for _ in range(2)]
-    for app in apps:
-        deadline = time.monotonic() + 10
-        while b"broker: connected" not in app.request("GET", "/healthz")[1]:
-            assert time.monotonic() < deadline, app.log
-            time.sleep(0.05)
-    first, second = apps
-    with (
-        connect(first.ws_url("/ws/shared")) as alice,
-        connect(second.ws_url("/ws/shared")) as bob,
-    ):
-        alice.send("across processes")
-        assert bob.recv(timeout=5) == "across processes"
-        assert alice.recv(timeout=5) == "across processes"
+    first, second = start_shared(), start_shared()
+    with first.client("/ws/shared") as alice, second.client("/ws/shared") as bob:
+        alice.say("across processes")
+        assert bob.hear_text() == "across processes"
+        assert alice.hear_text() == "across processes"
+
+
+def test_ids_are_redis_stream_entry_ids(start_shared: Callable[..., App]) -> None:
+    app = start_shared()
+    with app.client() as client:
+        client.say("stored")
+        milliseconds, dash, number = client.hear()["id"].partition("-")
+    assert dash and milliseconds.isdigit() and number.isdigit()
+
+
+def test_resume_on_another_process_replays_what_was_missed(
+    start_shared: Callable[..., App],
+) -> None:
+    first, second = start_shared(), start_shared()
+    with first.client("/ws/move") as sender:
+        sender.say("seen")
+        seen = sender.hear()["id"]
+        for n in range(3):
+            sender.say(f"missed {n}")
+        last = [sender.hear()["id"] for _ in range(3)][-1]
+    with second.client(f"/ws/move?since={seen}") as back:
+        assert back.joined == {
+            "type": "joined",
+            "room": "move",
+            "recovered": True,
+            "last_id": last,
+        }
+        assert [back.hear_text() for _ in range(3)] == [f"missed {n}" for n in range(3)]
+
+
+def test_resume_after_the_process_restarted_replays_from_redis(
+    start_shared: Callable[..., App],
+) -> None:
+    app = start_shared()
+    with app.client("/ws/restart") as sender:
+        sender.say("before the deploy")
+        seen = sender.hear()["id"]
+        sender.say("during the deploy")
+        sender.hear()
+    assert app.stop() == 0
+    restarted = start_shared()
+    with restarted.client(f"/ws/restart?since={seen}") as back:
+        assert back.joined["recovered"] is True
+        assert back.hear_text() == "during the deploy"
+
+
+def test_resume_from_an_id_redis_never_stored_is_not_recovered(
+    start_shared: Callable[..., App],
+) -> None:
+    app = start_shared()
+    with app.client("/ws/unknown") as sender:
+        sender.say("stored")
+        sender.hear()
+    with app.client("/ws/unknown?since=1-0") as back:
+        assert back.joined["recovered"] is False
+
+
+def test_a_client_id_sent_to_two_processes_is_published_once(
+    start_shared: Callable[..., App],
+) -> None:
+    first, second = start_shared(), start_shared()
+    with first.client("/ws/dedup") as watcher:
+        with first.client("/ws/dedup") as before:
+            before.say("exactly once", client_id="resent-1")
+            original = before.ack("resent-1")
+        with second.client("/ws/dedup") as after:  # reconnected elsewhere
+            after.say("exactly once", client_id="resent-1")
+            assert after.ack("resent-1") == original
+        assert watcher.hear()["id"] == original
+        with pytest.raises(TimeoutError):
+            watcher.hear(timeout=0.5)
+
+
+def test_history_is_trimmed_and_expires_in_redis(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    app = start_shared(HISTORY_TTL="60")
+    with app.client("/ws/bounded") as client:
+        client.say("kept")
+        client.hear()
+    store = redis.Redis(port=redis_server.port)
+    key = PACKAGE + ":" + "{bounded}:history"
+    assert store.xlen(key) == 1
+    assert 0 < store.pttl(key) <= 60_000
+
+
+def test_losing_redis_keeps_local_delivery_and_resume_across_it_is_not_recovered(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    first, second = start_shared(), start_shared()
+    with first.client("/ws/outage") as sender:
+        sender.say("before")
+        before = sender.hear()["id"]
+    redis_server.kill()
+    for app in (first, second):
+        app.wait_for_log("broker lost Redis", timeout=15)
+    with first.client("/ws/outage") as alice:
+        alice.say("during")  # kept in this process only
+        during = alice.hear()
+    assert ":" in during["id"]  # an in-memory id, which Redis never had
+    with second.client(f"/ws/outage?since={before}") as elsewhere:
+        assert elsewhere.joined["recovered"] is False  # history is unreachable
+    redis_server.start()  # empty: Redis lost everything
+    for app in (first, second):
+        wait_connected(app, timeout=15)
+    with second.client(f"/ws/outage?since={during['id']}") as back:
+        assert back.joined["recovered"] is False
+    with first.client(f"/ws/outage?since={during['id']}") as back:
+        assert back.joined["recovered"] is True  # this process kept it
+    with first.client("/ws/outage") as alice, second.client("/ws/outage") as bob:
+        alice.say("after")
+        assert bob.hear_text() == "after"
+    for app in (first, second):
+        assert app.process.poll() is None
+        assert "Traceback" not in app.log
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_gap_and_no_duplicate_at_the_seam_of_replay_and_live(
+    start_shared: Callable[..., App], seed: int
+) -> None:
+    """Clients resume on another process while messages keep arriving."""
+    schedule = random.Random(seed)
+    first, second = start_shared(MAX_MESSAGES_PER_SECOND="1000"), start_shared()
+    count = 200
+    sent: list[str] = []
+    with first.client("/ws/seam") as sender, first.client("/ws/seam") as anchor:
+        sender.say("start")
+        start_id = anchor.hear()["id"]
+
+        def send_all() -> None:
+            for n in range(count):
+                sender.say(f"m{n}")
+                sent.append(f"m{n}")
+                time.sleep(schedule.uniform(0, 0.004))
+
+        thread = threading.Thread(target=send_all)
+        thread.start()
+        try:
+            clients = []
+            for _ in range(6):
+                time.sleep(schedule.uniform(0, 0.08))
+                # Resume from a random message already delivered.
+                seen = [anchor.hear() for _ in range(schedule.randint(0, 5))]
+                since = seen[-1]["id"] if seen else start_id
+                text_after = seen[-1]["text"] if seen else "start"
+                client = second.client(f"/ws/seam?since={since}")
+                clients.append((client.__enter__(), text_after))
+        finally:
+            thread.join(timeout=30)
+        try:
+            expected_all = ["start", *sent]
+            for client, text_after in clients:
+                assert client.joined["recovered"] is True
+                expected = expected_all[expected_all.index(text_after) + 1 :]
+                got = [client.hear_text(timeout=10) for _ in range(len(expected))]
+                assert got == expected
+                with pytest.raises(TimeoutError):
+                    client.hear(timeout=0.2)
+        finally:
+            for client, _ in clients:
+                client.__exit__(None, None, None)
+

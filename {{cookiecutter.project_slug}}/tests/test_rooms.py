@@ -1,6 +1,9 @@
-"""The demo room: messages reach everyone in the room and no one else."""
+"""The rooms and the wire protocol (PROTOCOL.md), through the running app."""
 
 from __future__ import annotations
+
+import json
+import time
 
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -9,40 +12,217 @@ from websockets.sync.client import connect
 from conftest import App
 
 
+def test_every_connection_starts_with_joined(app: App) -> None:
+    with app.client("/ws/kitchen") as client:
+        assert client.joined == {
+            "type": "joined",
+            "room": "kitchen",
+            "recovered": None,
+            "last_id": None,
+        }
+
+
 def test_a_client_alone_in_a_room_gets_its_own_message_back(app: App) -> None:
-    with connect(app.ws_url("/ws")) as client:
-        client.send("hello")
-        assert client.recv(timeout=5) == "hello"
+    with app.client() as client:
+        client.say("hello")
+        message = client.hear()
+    assert message["type"] == "message"
+    assert message["room"] == "lobby"
+    assert message["text"] == "hello"
+    assert message["from"] is None
+    assert isinstance(message["id"], str)
 
 
 def test_a_message_reaches_every_client_of_the_room(app: App) -> None:
-    with (
-        connect(app.ws_url("/ws/kitchen")) as alice,
-        connect(app.ws_url("/ws/kitchen")) as bob,
-    ):
-        alice.send("dinner is ready")
-        assert bob.recv(timeout=5) == "dinner is ready"
-        assert alice.recv(timeout=5) == "dinner is ready"
+    with app.client("/ws/kitchen") as alice, app.client("/ws/kitchen") as bob:
+        alice.say("dinner is ready")
+        assert bob.hear_text() == "dinner is ready"
+        assert alice.hear_text() == "dinner is ready"
 
 
 def test_a_message_does_not_reach_another_room(app: App) -> None:
-    with (
-        connect(app.ws_url("/ws/kitchen")) as cook,
-        connect(app.ws_url("/ws/garden")) as gardener,
-    ):
-        cook.send("secret recipe")
-        gardener.send("roses")
-        # Each client sees only its own room's message, in order.
-        assert cook.recv(timeout=5) == "secret recipe"
-        assert gardener.recv(timeout=5) == "roses"
+    with app.client("/ws/kitchen") as cook, app.client("/ws/garden") as gardener:
+        cook.say("secret recipe")
+        gardener.say("roses")
+        # Each client sees only its own room's message.
+        assert cook.hear_text() == "secret recipe"
+        assert gardener.hear_text() == "roses"
         with pytest.raises(TimeoutError):
-            gardener.recv(timeout=0.3)
+            gardener.hear(timeout=0.3)
 
 
 def test_ws_without_a_room_joins_the_default_room(app: App) -> None:
-    with connect(app.ws_url("/ws")) as plain, connect(app.ws_url("/ws/lobby")) as named:
-        plain.send("hi lobby")
-        assert named.recv(timeout=5) == "hi lobby"
+    with app.client("/ws") as plain, app.client("/ws/lobby") as named:
+        plain.say("hi lobby")
+        assert named.hear_text() == "hi lobby"
+
+
+def test_the_sender_gets_an_ack_with_the_id_of_its_message(app: App) -> None:
+    with app.client() as client:
+        client_id = client.say("counted")
+        message = client.hear()
+        assert client.ack(client_id) == message["id"]
+
+
+def test_ids_increase_within_a_room(app: App) -> None:
+    with app.client() as client:
+        for n in range(3):
+            client.say(str(n))
+        ids = [client.hear()["id"] for _ in range(3)]
+    assert len(set(ids)) == 3
+    epochs = {message_id.split(":")[0] for message_id in ids}
+    assert len(epochs) == 1  # in memory: one epoch, then a counter
+    assert [int(message_id.split(":")[1]) for message_id in ids] == sorted(
+        int(message_id.split(":")[1]) for message_id in ids
+    )
+
+
+def test_a_client_id_sent_twice_on_two_connections_is_published_once(
+    app: App,
+) -> None:
+    with app.client() as watcher:
+        with app.client() as first:
+            first.say("once", client_id="same-id")
+            original = first.ack("same-id")
+        with app.client() as second:  # as after a reconnect
+            second.say("once", client_id="same-id")
+            assert second.ack("same-id") == original
+        assert watcher.hear()["id"] == original
+        with pytest.raises(TimeoutError):
+            watcher.hear(timeout=0.5)
+
+
+def test_the_server_alone_says_who_sent_a_message(app: App) -> None:
+    with app.client() as client:
+        client.send_frame({"type": "message", "text": "hi", "from": "the queen"})
+        assert client.hear()["from"] is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ("hello", "invalid_json"),
+        ("{", "invalid_json"),
+        ("[1, 2]", "not_an_object"),
+        ("42", "not_an_object"),
+        ('"text"', "not_an_object"),
+        ("null", "not_an_object"),
+        ('{"text": "no type"}', "unknown_type"),
+        ('{"type": "shout", "text": "hi"}', "unknown_type"),
+        ('{"type": "message"}', "invalid_field"),
+        ('{"type": "message", "text": 42}', "invalid_field"),
+        ('{"type": "message", "text": ["hi"]}', "invalid_field"),
+        ('{"type": "message", "text": "hi", "client_id": 7}', "invalid_field"),
+        ('{"type": "message", "text": "hi", "client_id": ""}', "invalid_field"),
+        ('{"type": "message", "text": "hi", "client_id": "a b"}', "invalid_field"),
+        (json.dumps({"type": "message", "text": "x", "client_id": "c" * 65}), "invalid_field"),
+        (json.dumps({"type": "message", "text": "x" * 2001}), "text_too_long"),
+    ],
+)
+def test_a_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
+    app: App, frame: str, error: str
+) -> None:
+    with app.client() as client:
+        client.connection.send(frame)
+        answer = client.error()
+        assert answer["error"] == error
+        assert isinstance(answer["reason"], str) and answer["reason"]
+        client.say("still here")
+        assert client.hear_text() == "still here"
+    assert "Traceback" not in app.log and "ERROR" not in app.log
+
+
+def test_an_error_frame_names_the_client_id_when_it_can(app: App) -> None:
+    with app.client() as client:
+        client.send_frame({"type": "message", "text": 1, "client_id": "bad-1"})
+        assert client.error()["client_id"] == "bad-1"
+
+
+def test_a_text_at_the_limit_is_accepted(app: App) -> None:
+    with app.client() as client:
+        client.say("x" * 2000)
+        assert client.hear_text() == "x" * 2000
+
+
+def test_resume_replays_every_message_after_since_once_and_in_order(
+    app: App,
+) -> None:
+    with app.client("/ws/resume") as sender:
+        for n in range(5):
+            sender.say(f"m{n}")
+        ids = [sender.hear()["id"] for _ in range(5)]
+    with app.client(f"/ws/resume?since={ids[1]}") as back:
+        assert back.joined["recovered"] is True
+        assert back.joined["last_id"] == ids[-1]
+        assert [back.hear_text() for _ in range(3)] == ["m2", "m3", "m4"]
+        with pytest.raises(TimeoutError):
+            back.hear(timeout=0.3)
+
+
+def test_resume_from_the_newest_id_replays_nothing_and_recovers(app: App) -> None:
+    with app.client("/ws/resume") as sender:
+        sender.say("only")
+        newest = sender.hear()["id"]
+    with app.client(f"/ws/resume?since={newest}") as back:
+        assert back.joined["recovered"] is True
+        back.say("live")
+        assert back.hear_text() == "live"
+
+
+@pytest.mark.parametrize(
+    "since", ["garbage", "0-0", "00000000:1", "x" * 65, "%E2%82%AC", ""]
+)
+def test_resume_from_an_id_no_history_covers_is_not_recovered(
+    app: App, since: str
+) -> None:
+    with app.client("/ws/resume") as sender:
+        sender.say("before")
+        sender.hear()
+    with app.client(f"/ws/resume?since={since}") as back:
+        assert back.joined["recovered"] is False
+        with pytest.raises(TimeoutError):
+            back.hear(timeout=0.3)
+
+
+def test_resume_past_the_history_size_is_not_recovered(
+    start_app: type[App],
+) -> None:
+    app = start_app(HISTORY_SIZE="3")
+    with app.client("/ws/short") as sender:
+        for n in range(5):
+            sender.say(f"m{n}")
+        ids = [sender.hear()["id"] for _ in range(5)]
+    with app.client(f"/ws/short?since={ids[0]}") as back:
+        assert back.joined["recovered"] is False  # m1 was forgotten
+    with app.client(f"/ws/short?since={ids[1]}") as back:
+        assert back.joined["recovered"] is True
+        assert [back.hear_text() for _ in range(3)] == ["m2", "m3", "m4"]
+
+
+def test_resume_after_the_history_expired_is_not_recovered(
+    start_app: type[App],
+) -> None:
+    app = start_app(HISTORY_TTL="0.3")
+    with app.client("/ws/brief") as sender:
+        sender.say("soon gone")
+        message_id = sender.hear()["id"]
+    time.sleep(0.5)
+    with app.client(f"/ws/brief?since={message_id}") as back:
+        assert back.joined["recovered"] is False
+        assert back.joined["last_id"] is None
+
+
+def test_resume_after_a_restart_without_redis_is_not_recovered(
+    start_app: type[App],
+) -> None:
+    app = start_app()
+    with app.client("/ws/gone") as sender:
+        sender.say("in memory")
+        message_id = sender.hear()["id"]
+    assert app.stop() == 0
+    restarted = start_app()
+    with restarted.client(f"/ws/gone?since={message_id}") as back:
+        assert back.joined["recovered"] is False
 
 
 @pytest.mark.parametrize(
@@ -56,8 +236,8 @@ def test_an_invalid_room_name_answers_404(app: App, path: str) -> None:
 
 
 def test_a_binary_message_closes_the_connection_with_1003(app: App) -> None:
-    with connect(app.ws_url("/ws")) as client:
-        client.send(b"\x00\x01")
+    with app.client() as client:
+        client.connection.send(b"\x00\x01")
         with pytest.raises(ConnectionClosedError) as excinfo:
-            client.recv(timeout=5)
+            client.hear()
     assert excinfo.value.rcvd.code == 1003

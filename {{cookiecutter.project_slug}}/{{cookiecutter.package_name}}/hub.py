@@ -54,7 +54,7 @@ def room_for(path: str) -> str | None:
 
 def since_for(path: str) -> str | None:
     """Return the ``since`` query parameter of ``path``, if any."""
-    values = parse_qs(urlsplit(path).query).get("since")
+    values = parse_qs(urlsplit(path).query, keep_blank_values=True).get("since")
     return values[-1] if values else None
 
 
