@@ -21,9 +21,7 @@ def wait_connected(app: App, timeout: float = 10) -> None:
 
 
 @pytest.fixture
-def start_shared(
-    start_app: Callable[..., App], redis_url: str
-) -> Callable[..., App]:
+def start_shared(start_app: Callable[..., App], redis_url: str) -> Callable[..., App]:
     """Start an app sharing rooms through the test's redis-server."""
 
     def start(**env: str) -> App:
@@ -204,4 +202,3 @@ def test_no_gap_and_no_duplicate_at_the_seam_of_replay_and_live(
         finally:
             for client, _ in clients:
                 client.__exit__(None, None, None)
-

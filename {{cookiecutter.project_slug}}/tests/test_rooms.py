@@ -115,7 +115,10 @@ def test_the_server_alone_says_who_sent_a_message(app: App) -> None:
         ('{"type": "message", "text": "hi", "client_id": 7}', "invalid_field"),
         ('{"type": "message", "text": "hi", "client_id": ""}', "invalid_field"),
         ('{"type": "message", "text": "hi", "client_id": "a b"}', "invalid_field"),
-        (json.dumps({"type": "message", "text": "x", "client_id": "c" * 65}), "invalid_field"),
+        (
+            json.dumps({"type": "message", "text": "x", "client_id": "c" * 65}),
+            "invalid_field",
+        ),
         (json.dumps({"type": "message", "text": "x" * 2001}), "text_too_long"),
     ],
 )
