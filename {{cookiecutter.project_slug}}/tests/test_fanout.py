@@ -22,7 +22,6 @@ import pytest
 from websockets.asyncio.client import connect as async_connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
-from websockets.sync.client import connect
 
 from {{ cookiecutter.package_name }} import fanout
 from {{ cookiecutter.package_name }}.server import event_loop_factory
@@ -48,17 +47,14 @@ def test_every_member_gets_every_message_in_the_same_order(
     app = start_app(MAX_MESSAGES_PER_SECOND="100000")
     senders, messages = 4, 50
     with contextlib.ExitStack() as stack:
-        clients = [
-            stack.enter_context(connect(app.ws_url("/ws/order")))
-            for _ in range(senders)
-        ]
+        clients = [stack.enter_context(app.client("/ws/order")) for _ in range(senders)]
         # Bursts from every client at once: many messages reach the room in
         # the same loop turn, so members get several frames per write.
         for n in range(messages):
             for i, client in enumerate(clients):
-                client.send(f"{i}:{n}")
+                client.say(f"{i}:{n}")
         received = [
-            [client.recv(timeout=5) for _ in range(senders * messages)]
+            [client.hear_text(timeout=5) for _ in range(senders * messages)]
             for client in clients
         ]
     # One order for everyone, and each sender's messages in the order sent.
@@ -74,15 +70,16 @@ def test_every_member_gets_every_message_in_the_same_order(
 
 def test_a_closing_connection_gets_nothing_after_its_close_frame(app: App) -> None:
     with raw_websocket(app.port, "/ws/closing") as quitter:
+        assert read_frame(quitter)[0] == 0x1  # joined
         # A binary message makes the demo room close the connection (1003);
         # the server then waits for a close frame that never comes, and the
         # connection stays in the room, closing, meanwhile.
         quitter.sendall(frame(0x2, b"\x00"))
         assert read_frame(quitter) == (0x8, struct.pack("!H", 1003) + b"text only")
-        with connect(app.ws_url("/ws/closing")) as talker:
+        with app.client("/ws/closing") as talker:
             for n in range(3):
-                talker.send(f"after close {n}")
-                assert talker.recv(timeout=5) == f"after close {n}"
+                talker.say(f"after close {n}")
+                assert talker.hear_text(timeout=5) == f"after close {n}"
         quitter.settimeout(0.5)
         with pytest.raises(TimeoutError):
             quitter.recv(1)  # no text frame after the close frame
@@ -98,15 +95,16 @@ def test_a_client_that_stops_reading_is_dropped(
     app = start_app(
         MAX_MESSAGES_PER_SECOND="100000",
         MAX_SEND_BUFFER=str(max_send_buffer),
+        MAX_TEXT_LENGTH="100000",
         EVENT_LOOP=loop,
     )
     chunk = "x" * 60_000
     with raw_websocket(app.port, "/ws/slow", receive_buffer=4096) as sleeper:
         sent = 0
-        with connect(app.ws_url("/ws/slow")) as talker:
+        with app.client("/ws/slow") as talker:
             for _ in range(300):  # 18 MB for a client that reads nothing
-                talker.send(chunk)
-                assert talker.recv(timeout=10) == chunk  # the others keep going
+                talker.say(chunk)
+                assert talker.hear_text(timeout=10) == chunk  # the others keep going
                 sent += len(chunk)
             app.wait_for_log("unread", timeout=10)
         received = 0

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import pytest
 from websockets.exceptions import ConnectionClosedOK
-from websockets.sync.client import connect
 
 from conftest import PACKAGE, PROJECT_ROOT, App
 
@@ -22,41 +21,39 @@ def test_a_shutdown_signal_closes_connections_with_1001_and_exits_0(
     app: App, signum: signal.Signals
 ) -> None:
     with contextlib.ExitStack() as stack:
-        clients = [
-            stack.enter_context(connect(app.ws_url(f"/ws/room{i}"))) for i in range(4)
-        ]
+        clients = [stack.enter_context(app.client(f"/ws/room{i}")) for i in range(4)]
         for client in clients:
-            client.send("ping")
-            assert client.recv(timeout=5) == "ping"
+            client.say("ping")
+            assert client.hear_text(timeout=5) == "ping"
         assert app.stop(signum) == 0
         for client in clients:
             with pytest.raises(ConnectionClosedOK):
-                client.recv(timeout=5)
-            assert client.close_code == 1001
+                client.hear(timeout=5)
+            assert client.connection.close_code == 1001
     assert "ERROR" not in app.log
 
 
 def test_a_second_sigterm_does_not_interrupt_the_shutdown(app: App) -> None:
-    with connect(app.ws_url()) as client:
+    with app.client() as client:
         app.process.send_signal(signal.SIGTERM)
         app.process.send_signal(signal.SIGTERM)
         assert app.process.wait(10) == 0
         with pytest.raises(ConnectionClosedOK):
-            client.recv(timeout=5)
-        assert client.close_code == 1001
+            client.hear(timeout=5)
+        assert client.connection.close_code == 1001
 
 
 def test_a_burst_of_shutdown_signals_never_kills_the_process(app: App) -> None:
     """Heroku signals every process, workers get their parent's copy too:
     signals keep landing while the first one's handler runs."""
-    with connect(app.ws_url()) as client:
+    with app.client() as client:
         for signum in [signal.SIGTERM, signal.SIGINT] * 500:
             with contextlib.suppress(ProcessLookupError):
                 app.process.send_signal(signum)
         assert app.process.wait(10) == 0, app.log
         with pytest.raises(ConnectionClosedOK):
-            client.recv(timeout=5)
-        assert client.close_code == 1001
+            client.hear(timeout=5)
+        assert client.connection.close_code == 1001
 
 
 def test_shutdown_gives_up_after_shutdown_timeout(

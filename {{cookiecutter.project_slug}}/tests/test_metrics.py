@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.sync.client import connect
 
 from conftest import App
 
@@ -38,14 +37,14 @@ def eventually(check: Callable[[], bool], timeout: float = 5) -> bool:
 
 def test_open_connections_gauge_follows_clients(app: App) -> None:
     assert value(app, "websocket_connections_open") == 0
-    with connect(app.ws_url("/ws/a")), connect(app.ws_url("/ws/b")):
+    with app.client("/ws/a"), app.client("/ws/b"):
         assert value(app, "websocket_connections_open") == 2
         assert value(app, "websocket_connections_opened_total") == 2
     assert eventually(lambda: value(app, "websocket_connections_open") == 0)
 
 
 def test_closed_connections_are_counted_by_close_code(app: App) -> None:
-    with connect(app.ws_url()):
+    with app.client():
         pass  # the client closes normally, with 1000
     assert eventually(
         lambda: value(app, "websocket_connections_closed_total", code="1000") == 1
@@ -53,10 +52,10 @@ def test_closed_connections_are_counted_by_close_code(app: App) -> None:
 
 
 def test_messages_received_and_delivered_are_counted(app: App) -> None:
-    with connect(app.ws_url("/ws/m")) as alice, connect(app.ws_url("/ws/m")) as bob:
-        alice.send("hello")
-        assert bob.recv(timeout=5) == "hello"
-        assert alice.recv(timeout=5) == "hello"
+    with app.client("/ws/m") as alice, app.client("/ws/m") as bob:
+        alice.say("hello")
+        assert bob.hear_text(timeout=5) == "hello"
+        assert alice.hear_text(timeout=5) == "hello"
     assert value(app, "websocket_messages_received_total") == 1
     assert value(app, "websocket_messages_delivered_total") == 2
 

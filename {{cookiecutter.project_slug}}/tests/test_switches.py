@@ -12,9 +12,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
-from websockets.sync.client import connect
 
-from conftest import PACKAGE, PROJECT_ROOT, App, free_port
+from conftest import PACKAGE, PROJECT_ROOT, App, Client, free_port
 
 needs_uvloop = pytest.mark.skipif(
     find_spec("uvloop") is None, reason="uvloop is not installed here"
@@ -24,9 +23,9 @@ needs_uvloop = pytest.mark.skipif(
 @needs_uvloop
 def test_the_app_runs_on_uvloop_by_default(app: App) -> None:
     assert "event loop: uvloop.Loop; compression: off" in app.log
-    with connect(app.ws_url()) as client:
-        client.send("fast")
-        assert client.recv(timeout=5) == "fast"
+    with app.client() as client:
+        client.say("fast")
+        assert client.hear_text(timeout=5) == "fast"
 
 
 def test_event_loop_asyncio_runs_the_standard_librarys_loop(
@@ -35,9 +34,9 @@ def test_event_loop_asyncio_runs_the_standard_librarys_loop(
     app = start_app(EVENT_LOOP="asyncio")
     assert "event loop: asyncio." in app.log
     assert "uvloop" not in app.log
-    with connect(app.ws_url()) as client:
-        client.send("plain")
-        assert client.recv(timeout=5) == "plain"
+    with app.client() as client:
+        client.say("plain")
+        assert client.hear_text(timeout=5) == "plain"
 
 
 HIDE_UVLOOP = (
@@ -64,9 +63,9 @@ def test_without_uvloop_the_app_falls_back_to_asyncio(tmp_path: Path) -> None:
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        with connect(f"ws://127.0.0.1:{port}/ws") as client:
-            client.send("still works")
-            assert client.recv(timeout=5) == "still works"
+        with Client(f"ws://127.0.0.1:{port}/ws") as client:
+            client.say("still works")
+            assert client.hear_text(timeout=5) == "still works"
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
     finally:
@@ -93,10 +92,10 @@ def test_asking_for_uvloop_without_it_stops_startup_with_one_line() -> None:
 
 def test_compression_is_off_by_default(app: App) -> None:
     # websockets clients offer per-message deflate, as browsers do.
-    with connect(app.ws_url()) as client:
+    with app.client() as client:
         assert client.response.headers.get("Sec-WebSocket-Extensions") is None
-        client.send("small")
-        assert client.recv(timeout=5) == "small"
+        client.say("small")
+        assert client.hear_text(timeout=5) == "small"
 
 
 def test_compression_deflate_accepts_clients_that_offer_it(
@@ -104,16 +103,18 @@ def test_compression_deflate_accepts_clients_that_offer_it(
 ) -> None:
     app = start_app(COMPRESSION="deflate")
     with (
-        connect(app.ws_url("/ws/mixed")) as deflating,
-        connect(app.ws_url("/ws/mixed"), compression=None) as plain,
+        app.client("/ws/mixed") as deflating,
+        app.client("/ws/mixed", compression=None) as plain,
     ):
-        extensions = deflating.response.headers.get("Sec-WebSocket-Extensions", "")
-        assert extensions.startswith("permessage-deflate")
-        assert plain.response.headers.get("Sec-WebSocket-Extensions") is None
+        headers = deflating.connection.response.headers
+        assert headers.get("Sec-WebSocket-Extensions", "").startswith(
+            "permessage-deflate"
+        )
+        assert plain.connection.response.headers.get("Sec-WebSocket-Extensions") is None
         # Both kinds of members in one room get every message.
-        deflating.send("from deflating " * 20)
-        plain.send("from plain")
+        deflating.say("from deflating " * 20)
+        plain.say("from plain")
         for client in (deflating, plain):
-            assert client.recv(timeout=5) == "from deflating " * 20
-            assert client.recv(timeout=5) == "from plain"
+            assert client.hear_text(timeout=5) == "from deflating " * 20
+            assert client.hear_text(timeout=5) == "from plain"
     assert app.metric("websocket_messages_delivered_total") == 4
