@@ -121,9 +121,9 @@ class MemoryHistory:
             return Replay(recovered=False, frames=[], last_id=last_id)
         after = int(number)
         oldest = state.messages[0][0] if state.messages else state.counter + 1
-        # Every id from ``after`` on must still be here; ``after`` itself may
-        # be the one just before the oldest.
-        if not oldest - 1 <= after <= state.counter:
+        # As with a Redis Stream: while ``since`` itself is still here, so is
+        # everything after it.
+        if not oldest <= after <= state.counter:
             return Replay(recovered=False, frames=[], last_id=last_id)
         frames = [frame for counter, frame in state.messages if counter > after]
         return Replay(recovered=True, frames=frames, last_id=last_id)
