@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from websockets.exceptions import ConnectionClosed
 
 from conftest import PACKAGE, App, RedisServer
 
@@ -202,3 +203,45 @@ def test_no_gap_and_no_duplicate_at_the_seam_of_replay_and_live(
         finally:
             for client, _ in clients:
                 client.__exit__(None, None, None)
+
+
+def test_messages_stored_while_a_process_resubscribes_reach_its_clients(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    sender_app = start_shared(MAX_MESSAGES_PER_SECOND="1000")
+    listener_app = start_shared()
+    store = redis.Redis(port=redis_server.port)
+    with (
+        sender_app.client("/ws/blip") as sender,
+        listener_app.client("/ws/blip") as listener,
+    ):
+        sender.say("before")
+        assert listener.hear_text() == "before"
+        # Cut every subscriber connection, as a network blip would: Redis
+        # keeps its data and the publishing connections keep working.
+        killed = store.client_kill_filter(_type="pubsub")
+        assert killed >= 2
+        texts = [f"during {n}" for n in range(50)]
+        for text in texts:
+            sender.say(text)
+            time.sleep(0.002)
+        assert [listener.hear_text(timeout=10) for _ in texts] == texts
+        with pytest.raises(TimeoutError):
+            listener.hear(timeout=0.5)
+    assert "broker lost Redis" in listener_app.log
+
+
+def test_a_client_connected_while_redis_lost_its_data_is_told_to_resume(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    app = start_shared()
+    with app.client("/ws/amnesia") as client:
+        client.say("forgotten")
+        last = client.hear()["id"]
+        redis_server.kill()
+        redis_server.start()  # empty: the history is gone
+        with pytest.raises(ConnectionClosed):
+            client.hear(timeout=20)
+        assert client.connection.close_code == 1012
+    with app.client(f"/ws/amnesia?since={last}") as back:
+        assert back.joined["recovered"] is False

@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from . import protocol
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Called with (room, message id, message frame) for each message stored.
 Deliver = Callable[[str, str, str], None]
+#: Called each time the broker is subscribed again, after a disconnection.
+Resubscribed = Callable[[], Awaitable[None]]
 
 #: Seconds between sweeps of expired rooms out of memory.
 SWEEP_INTERVAL = 10.0
@@ -157,11 +159,21 @@ class Broker:
 
     def __init__(self, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
         self._subscribers: list[Deliver] = []
+        self._resubscribed: list[Resubscribed] = []
         self.local_history = MemoryHistory(size=history_size, ttl=history_ttl)
 
     def subscribe(self, deliver: Deliver) -> None:
         """Call ``deliver(room, id, frame)`` for every message stored."""
         self._subscribers.append(deliver)
+
+    def on_resubscribed(self, callback: Resubscribed) -> None:
+        """Await ``callback()`` each time the broker has subscribed again,
+        before it delivers anything more: messages stored meanwhile were
+        never delivered here, and :meth:`replay_shared` finds them."""
+        self._resubscribed.append(callback)
+
+    async def wait_ready(self) -> None:
+        """Return once the broker knows whether it is connected."""
 
     async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
         """Store a message (see :func:`protocol.message_tail`) and deliver it.
@@ -177,6 +189,11 @@ class Broker:
         if since is None:
             return Replay(None, [], self.local_history.last_id(room))
         return self.local_history.replay(room, since)
+
+    async def replay_shared(self, room: str, since: str | None) -> Replay:
+        """The messages after ``since`` in the history every process shares;
+        with None, all of them. Used to catch up after a resubscription."""
+        return await self.replay(room, since)
 
     def publish_locally(self, room: str, tail: str, client_id: str | None) -> Stored:
         stored, frame = self.local_history.store(room, tail, client_id)

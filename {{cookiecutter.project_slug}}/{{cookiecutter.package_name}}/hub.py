@@ -14,10 +14,18 @@ hold. Redis delivers live messages on another connection than the one that
 reads history, so a message can also arrive live *after* the replay that
 held it: until a live message at or past the replay's last id arrives, a
 connection drops live messages the replay already gave it.
+
+The same seam exists for the whole process when the broker loses its
+subscription and gets it back: messages stored meanwhile were never
+delivered here. :meth:`Hub.catch_up` replays them to every room that has
+members, from the last id each room delivered, before anything live; a
+room whose history cannot cover the gap has its members closed with 1012,
+so that they reconnect with ``since`` and learn it from ``recovered``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
@@ -79,7 +87,15 @@ class Hub:
         self.members: dict[str, set[ServerConnection]] = {}
         #: Members still joining, by room.
         self.joining: dict[str, dict[ServerConnection, _Joining]] = {}
+        #: The newest message delivered, by room with live members; None
+        #: when the room's history was empty when they joined.
+        self.last_ids: dict[str, str | None] = {}
+        #: Close handshakes in progress, started by catch_up().
+        self._closing: set[asyncio.Future[object]] = set()
+        #: Rooms just caught up: live messages up to this one were replayed.
+        self.caught_up_to: dict[str, tuple[str, int, int] | None] = {}
         broker.subscribe(self.deliver)
+        broker.on_resubscribed(self.catch_up)
 
     def accepts(self, path: str) -> bool:
         """Tell whether ``path`` is a WebSocket endpoint."""
@@ -139,6 +155,9 @@ class Hub:
         for frame in frames:
             fanout.broadcast([connection], frame)
         metrics.MESSAGES_DELIVERED.inc(len(frames) - 1)
+        if room not in self.last_ids:
+            newest = protocol.message_id(frames[-1]) if len(frames) > 1 else None
+            self.last_ids[room] = newest or replay.last_id
         if caught_up:
             self._go_live(connection, room)
         else:
@@ -169,16 +188,57 @@ class Hub:
             if not members:
                 del self.members[room]
         self._stop_joining(connection, room)
+        if room not in self.members and room not in self.joining:
+            self.last_ids.pop(room, None)
+            self.caught_up_to.pop(room, None)
 
     def deliver(self, room: str, message_id: str, frame: str) -> None:
         """Send a message of ``room`` to its members in this process."""
+        if self.caught_up_to and room in self.caught_up_to:
+            if not self._after(message_id, self.caught_up_to[room]):
+                return  # catch_up() replayed it already
+            del self.caught_up_to[room]
         members = self.members.get(room)
         if members:
+            self.last_ids[room] = message_id
             # Like websockets' broadcast(), but much cheaper in a busy room.
             metrics.MESSAGES_DELIVERED.inc(fanout.broadcast(members, frame))
         joining = self.joining.get(room)
         if joining:
             self._deliver_to_joining(room, joining, message_id, frame)
+
+    async def catch_up(self) -> None:
+        """Replay what each room missed while the broker was unsubscribed."""
+        for room, since in list(self.last_ids.items()):
+            replay = await self.broker.replay_shared(room, since)
+            members = self.members.get(room)
+            if not members:
+                continue  # everyone left meanwhile
+            if not replay.recovered:
+                logger.warning(
+                    "room %s may have missed messages: closing its %d members "
+                    "so that they resume",
+                    room,
+                    len(members),
+                )
+                told = list(members)
+                for connection in told:
+                    self.leave(connection, room)
+                closing = asyncio.gather(
+                    *(
+                        connection.close(CloseCode.SERVICE_RESTART, "resume")
+                        for connection in told
+                    ),
+                    return_exceptions=True,
+                )
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+                continue
+            for frame in replay.frames:
+                self.deliver(room, protocol.message_id(frame), frame)
+            if replay.frames:
+                newest = protocol.message_id(replay.frames[-1])
+                self.caught_up_to[room] = protocol.sequence(newest)
 
     def _deliver_to_joining(
         self,

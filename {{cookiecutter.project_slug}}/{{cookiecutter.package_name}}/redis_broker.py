@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -55,6 +56,8 @@ REDIS_TIMEOUT = 5.0
 #: Seconds between heartbeats; one not heard back within REDIS_TIMEOUT
 #: means the round trip through Redis is broken.
 HEARTBEAT_INTERVAL = 2.0
+#: Seconds between attempts to publish to Redis once publishing failed.
+PUBLISH_RETRY_INTERVAL = 1.0
 
 FAILURES = (RedisError, OSError)
 
@@ -93,19 +96,22 @@ class RedisBroker(Broker):
         history_ttl: float = 300.0,
     ) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
-        options = {"ssl_cert_reqs": ssl_cert_reqs} if url.startswith("rediss:") else {}
-        self.redis = redis.from_url(
-            url,
-            decode_responses=True,
-            # Retry once, at once: after Redis restarts, the first command on
-            # each pooled connection fails. Beyond that, a publish falls back
-            # to local delivery and the subscriber loop reconnects.
-            retry=Retry(NoBackoff(), 1),
-            socket_connect_timeout=REDIS_TIMEOUT,
-            socket_timeout=REDIS_TIMEOUT,
-            socket_keepalive=True,
-            **options,
-        )
+        options = {
+            "decode_responses": True,
+            "socket_connect_timeout": REDIS_TIMEOUT,
+            "socket_timeout": REDIS_TIMEOUT,
+            "socket_keepalive": True,
+        }
+        if url.startswith("rediss:"):
+            options["ssl_cert_reqs"] = ssl_cert_reqs
+        # Retry once, at once: after Redis restarts, the first command on
+        # each pooled connection fails. Beyond that, a publish falls back to
+        # local delivery.
+        self.redis = redis.from_url(url, retry=Retry(NoBackoff(), 1), **options)
+        # Never retry, so that the subscriber loop sees every disconnection:
+        # redis-py would otherwise reconnect and resubscribe by itself,
+        # silently skipping what was published in between.
+        self.subscriber = redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self.prefix = channel_prefix
         self.rooms_prefix = f"{channel_prefix}room:"
         self.history_size = history_size
@@ -117,6 +123,8 @@ class RedisBroker(Broker):
         #: published to Redis come back to this process.
         self.status = "connecting"
         self.publish_failing = False
+        self.publish_failed_at = 0.0
+        self.ready = asyncio.Event()
 
     def history_key(self, room: str) -> str:
         return f"{self.prefix}{hash_tag(room)}:history"
@@ -128,7 +136,11 @@ class RedisBroker(Broker):
         return self.rooms_prefix + hash_tag(room)
 
     async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
-        if self.status == "connected":
+        # Whatever the subscriber's state: a message stored while it is away
+        # reaches this process's members when it has caught up. After a
+        # failure, try again at most every PUBLISH_RETRY_INTERVAL, so that a
+        # Redis that hangs doesn't hold up every message.
+        if self._worth_trying():
             try:
                 message_id, duplicate = await self.store_and_publish(
                     keys=[
@@ -151,15 +163,52 @@ class RedisBroker(Broker):
             except FAILURES as exc:
                 # This message only: keep it here. If Redis is really gone,
                 # the subscriber notices and reports it.
-                if not self.publish_failing:
-                    self.publish_failing = True
-                    logger.warning(
-                        "publish to Redis failed (%s): delivering locally", exc
-                    )
+                self._failed(exc)
             else:
-                self.publish_failing = False
+                self._worked()
                 return Stored(message_id, duplicate=bool(duplicate))
         return self.publish_locally(room, tail, client_id)
+
+    def _worth_trying(self) -> bool:
+        """Whether to send commands to Redis: after a failure, only every
+        PUBLISH_RETRY_INTERVAL, so that a Redis that hangs doesn't hold up
+        every message for REDIS_TIMEOUT."""
+        return (
+            not self.publish_failing
+            or time.monotonic() - self.publish_failed_at >= PUBLISH_RETRY_INTERVAL
+        )
+
+    def _failed(self, exc: BaseException) -> None:
+        self.publish_failed_at = time.monotonic()
+        if not self.publish_failing:
+            self.publish_failing = True
+            logger.warning("Redis command failed (%s): keeping messages local", exc)
+
+    def _worked(self) -> None:
+        if self.publish_failing:
+            self.publish_failing = False
+            logger.info("Redis commands work again")
+
+    async def wait_ready(self) -> None:
+        """Return once the first subscription succeeded or failed.
+
+        Called before listening: a process that took clients before it
+        reached Redis would keep their messages to itself.
+        """
+        await self.ready.wait()
+
+    async def replay_shared(self, room: str, since: str | None) -> Replay:
+        if since is None:
+            try:
+                entries = await self.redis.xrange(self.history_key(room))
+            except FAILURES as exc:
+                self._failed(exc)
+                return Replay(False, [], None)
+            frames = [protocol.message_frame(i, fields["t"]) for i, fields in entries]
+            return Replay(True, frames, entries[-1][0] if entries else None)
+        if ":" in since:  # an in-memory id: Redis never had it
+            return Replay(False, [], None)
+        return await self.replay(room, since)
 
     async def replay(self, room: str, since: str | None) -> Replay:
         local = since is not None and ":" in since
@@ -168,7 +217,7 @@ class RedisBroker(Broker):
             replay = self.local_history.replay(room, since)
             if replay.recovered:
                 return replay
-        if self.status != "connected":
+        if not self._worth_trying():
             return Replay(None if since is None else False, [], None)
         key = self.history_key(room)
         try:
@@ -183,8 +232,9 @@ class RedisBroker(Broker):
                 pipe.xrevrange(key, count=1)
                 found, after, newest = await pipe.execute()
         except FAILURES as exc:
-            logger.info("history of %s unavailable: %s", room, exc)
+            self._failed(exc)
             return Replay(None if since is None else False, [], None)
+        self._worked()
         last_id = newest[0][0] if newest else None
         # Streams are trimmed from the oldest entry on: while ``since`` is
         # still there, so is everything after it.
@@ -201,11 +251,13 @@ class RedisBroker(Broker):
         delay = FIRST_RETRY_DELAY
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with self.subscriber.pubsub() as pubsub:
                     await pubsub.psubscribe(self.rooms_prefix + "*")
                     await pubsub.subscribe(self.heartbeat_channel)
                     self._found()
                     delay = FIRST_RETRY_DELAY
+                    for callback in self._resubscribed:
+                        await callback()
                     await self._listen(pubsub)
             except FAILURES as exc:
                 self._lost(exc)
@@ -242,8 +294,11 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.subscriber.aclose()
 
     def _found(self) -> None:
+        self.ready.set()
+        self._worked()  # Redis answers: no need to wait before trying again
         if self.status != "connected":
             self.status = "connected"
             logger.info(
@@ -252,6 +307,7 @@ class RedisBroker(Broker):
             )
 
     def _lost(self, exc: BaseException | None) -> None:
+        self.ready.set()
         if self.status != "disconnected":
             self.status = "disconnected"
             logger.warning(

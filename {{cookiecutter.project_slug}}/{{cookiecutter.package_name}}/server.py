@@ -42,6 +42,9 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 #: Seconds allowed, after connections are closed, to release the broker.
 CLEANUP_TIMEOUT = 3.0
+#: Seconds to wait for the broker before listening: clients served before
+#: it reaches Redis would have their messages kept to this process.
+BROKER_READY_TIMEOUT = 5.0
 
 
 async def run(config: Config) -> None:
@@ -67,6 +70,10 @@ async def run(config: Config) -> None:
         max_connections=config.max_connections,
         open_connections=lambda: counter.open,
     )
+    broker_task = asyncio.create_task(broker.run())
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(BROKER_READY_TIMEOUT):
+            await broker.wait_ready()
     try:
         server = await start_server(config, counter.wrap(hub.handler), routes)
     except OSError as exc:
@@ -74,7 +81,6 @@ async def run(config: Config) -> None:
         raise SystemExit(1) from None
     metrics.CONNECTIONS_OPEN.set_function(lambda: counter.open)
     metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
-    broker_task = asyncio.create_task(broker.run())
 
     received = await wait_for_signal(SHUTDOWN_SIGNALS)
     logger.info(
