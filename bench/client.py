@@ -8,6 +8,14 @@ offers per-message deflate as browsers do (see deflate.py). It reads the
 server's CPU time itself, at the instants it snapshots its delivery count,
 so that both cover the same window.
 
+It speaks the baked app's wire protocol, version 1: it sends
+``{"type":"message","text":...,"client_id":...}`` with a client_id of its
+own for every message, and counts as deliveries only the ``message`` frames
+it receives; ``joined`` and ``ack`` frames are counted apart, ``error``
+frames too (a load test fails on any). A message's text starts with a tag
+naming its sender (or its latency probe): that is how a client knows its own
+message came back, and when the last member of a room has a probe.
+
 Commands (``op`` plus keyword arguments of the Agent method of that name):
 ``open``, ``loop``, ``latency``, ``close``, ``closes``; ``exit`` ends it.
 """
@@ -28,8 +36,17 @@ import cpu
 import deflate
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+#: Characters of every message's text.
 MESSAGE_SIZE = 64
 TAG_SIZE = 7
+
+#: How every server here starts a message frame and an ack (compact JSON,
+#: ``type`` first), so that the client needn't parse them: it finds the
+#: text's tag in place. Any other frame is parsed.
+MESSAGE_HEAD = b'{"type":"message",'
+ACK_HEAD = b'{"type":"ack",'
+#: In JSON text, these bytes can only be a key: inside a string, '"' is escaped.
+TEXT_KEY = b'"text":"'
 
 __all__ = ["Agent", "Member"]
 
@@ -38,8 +55,12 @@ class Counters:
     """Totals over every connection; one object, so reading them costs nothing."""
 
     def __init__(self) -> None:
-        self.deliveries = 0
+        self.deliveries = 0  # message frames received
         self.returned = 0  # messages that came back to their own sender
+        self.acks = 0
+        self.joined = 0
+        self.errors = 0  # error frames, and frames that are none of the above
+        self.last_error = ""
 
 
 class Member(WSListener):
@@ -47,12 +68,14 @@ class Member(WSListener):
 
     def __init__(self, index: int, counters: Counters, codec: deflate.Deflate | None) -> None:
         self.tag = b"%07d" % index
-        self.message = self.tag.ljust(MESSAGE_SIZE, b".")
+        self.text = self.tag.ljust(MESSAGE_SIZE, b".")
         self.counters = counters
         self.codec = codec
         self.transport: WSTransport | None = None
         self.close_code: int | None = None
+        #: Called with the first TAG_SIZE bytes of each message's text.
         self.on_message: Callable[[Member, bytes], None] | None = None
+        self.sent = 0
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -62,15 +85,56 @@ class Member(WSListener):
             payload = frame.get_payload_as_bytes()
             if frame.rsv1 and self.codec is not None:
                 payload = self.codec.decompress(payload)
+            start = payload.find(TEXT_KEY) if payload.startswith(MESSAGE_HEAD) else -1
+            if start >= 0:
+                start += len(TEXT_KEY)
+                head = payload[start : start + TAG_SIZE]
+            elif payload.startswith(ACK_HEAD):
+                self.counters.acks += 1
+                return
+            else:
+                head = self.parse(payload)
+                if head is None:
+                    return
             self.counters.deliveries += 1
             if self.on_message is not None:
-                self.on_message(self, payload)
+                self.on_message(self, head)
         elif frame.msg_type == WSMsgType.CLOSE:
             code = frame.get_close_code()
             self.close_code = int(getattr(code, "value", code))
             if not transport.is_close_frame_sent:
                 transport.send_close(code)
             transport.disconnect()
+
+    def parse(self, payload: bytes) -> bytes | None:
+        """Count a frame that is not a compact message or ack frame.
+
+        Return the head of its text if it is a message after all.
+        """
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = None
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "message" and isinstance(data.get("text"), str):
+            return data["text"].encode()[:TAG_SIZE]
+        if kind == "ack":
+            self.counters.acks += 1
+        elif kind == "joined":
+            self.counters.joined += 1
+        else:
+            self.counters.errors += 1
+            self.counters.last_error = payload[:200].decode(errors="replace")
+        return None
+
+    def send_message(self, text: bytes | None = None) -> None:
+        """Send ``text`` (ASCII, nothing to escape; by default the member's own)
+        in a message frame with a client_id never used before."""
+        self.sent += 1
+        self.send(
+            b'{"type":"message","text":"%s","client_id":"%s-%d"}'
+            % (self.text if text is None else text, self.tag, self.sent)
+        )
 
     def send(self, payload: bytes) -> None:
         assert self.transport is not None
@@ -141,12 +205,12 @@ class Agent:
         on_their_way = dict.fromkeys(members, in_flight)  # by sender
         drained = asyncio.get_running_loop().create_future()
 
-        def on_message(member: Member, payload: bytes) -> None:
-            if payload[:TAG_SIZE] != member.tag:
+        def on_message(member: Member, head: bytes) -> None:
+            if head != member.tag:
                 return
             self.counters.returned += 1
             if running:
-                member.send(member.message)
+                member.send_message()
                 return
             on_their_way[member] -= 1
             if not on_their_way[member]:
@@ -157,7 +221,7 @@ class Agent:
         for member in members:
             member.on_message = on_message
             for _ in range(in_flight):
-                member.send(member.message)
+                member.send_message()
         await asyncio.sleep(warmup)
         before = self.snapshot(server_pid)
         await asyncio.sleep(seconds)
@@ -174,8 +238,11 @@ class Agent:
             "server_cpu": after["server_cpu"] - before["server_cpu"],
             "client_cpu": after["client_cpu"] - before["client_cpu"],
             "machine_cpu": after["machine_cpu"] - before["machine_cpu"],
+            "acks": after["acks"] - before["acks"],
             "lost": sum(on_their_way.values()),
             "closed": sum(m.close_code is not None for m in members),
+            "error_frames": self.counters.errors,
+            "last_error": self.counters.last_error,
         }
 
     def snapshot(self, server_pid: int) -> dict[str, float]:
@@ -183,6 +250,7 @@ class Agent:
             "time": time.perf_counter(),
             "deliveries": self.counters.deliveries,
             "returned": self.counters.returned,
+            "acks": self.counters.acks,
             "server_cpu": cpu.process_seconds(server_pid),
             "client_cpu": cpu.own_seconds(),
             "machine_cpu": cpu.machine_seconds(),
@@ -210,9 +278,9 @@ class Agent:
         last = 0.0
         everyone = asyncio.get_running_loop().create_future()
 
-        def on_message(member: Member, payload: bytes) -> None:
+        def on_message(member: Member, head: bytes) -> None:
             nonlocal arrived, last
-            if payload[:TAG_SIZE] == probe[:TAG_SIZE]:
+            if head == probe[:TAG_SIZE]:
                 arrived += 1
                 last = time.perf_counter()
                 if arrived == len(members):
@@ -221,12 +289,14 @@ class Agent:
         for member in members:
             member.on_message = on_message
         sent = time.perf_counter()
-        members[0].send(probe)
+        members[0].send_message(probe)
         try:
             await asyncio.wait_for(everyone, timeout)
         except TimeoutError:
+            error = self.counters.last_error
             raise TimeoutError(
                 f"{arrived} of {len(members)} received {probe[:TAG_SIZE]!r}"
+                + (f"; last error frame: {error}" if error else "")
             ) from None
         return last - sent
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import socket
@@ -70,19 +71,24 @@ async def measure(pid: int, url: str, clients: int, rooms: int, seconds: float) 
     print(f"server memory per idle connection: {per_connection:.1f} KiB")
 
     # Fan-out: one sender per room, each message to every member of its room.
+    # Protocol v1: only "message" frames are deliveries, not joined or ack.
     delivered = 0
 
     async def count(connection) -> None:
         nonlocal delivered
-        async for _ in connection:
-            delivered += 1
+        async for frame in connection:
+            if json.loads(frame).get("type") == "message":
+                delivered += 1
 
     readers = [asyncio.create_task(count(c)) for c in connections]
     senders = connections[:rooms]
     cpu_start, start = cpu_seconds(pid), time.monotonic()
+    sent = 0
     while time.monotonic() - start < seconds:
         for sender in senders:
-            await sender.send("x" * 64)
+            sent += 1
+            frame = {"type": "message", "text": "x" * 64, "client_id": f"m{sent}"}
+            await sender.send(json.dumps(frame))
         await asyncio.sleep(0.1)  # 10 messages/s per sender, under the rate limit
     await asyncio.sleep(0.5)
     elapsed, cpu = time.monotonic() - start, cpu_seconds(pid) - cpu_start

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from targets import BASELINE, TEMPLATE, Target
+from targets import BASELINE, NO_HISTORY, TEMPLATE, Target
 
-__all__ = ["machine", "render", "summarize", "versions"]
+__all__ = ["history_section", "machine", "render", "summarize", "versions"]
 
 #: Libraries whose versions decide the numbers.
 LIBRARIES = (
@@ -40,6 +40,13 @@ LIBRARIES = (
 #: Client CPU share above which a throughput is the client's, not the server's.
 CLIENT_BOUND = 0.9
 
+#: The most server CPU per fan-out delivery (a) may spend with its default
+#: history, as a multiple of the same without history (HISTORY_SIZE=0).
+HISTORY_TARGET = 1.10
+
+#: The heading of RESULTS.md's last section, which a run keeps as it was.
+HISTORY_HEADING = "## History"
+
 
 def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds of one target's records (see scenarios.measure)."""
@@ -47,9 +54,7 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def median(pick: Callable[[dict[str, Any]], float]) -> float:
         return statistics.median(pick(r) for r in rounds)
 
-    counts = list(rounds[0]["kib_per_idle"])
-    connections = rounds[0]["sigterm"]["connections"]
-    return {
+    loaded = {
         "fanout_cpu_us": median(lambda r: r["fanout"]["cpu_us"]),
         "fanout_per_s": median(lambda r: r["fanout"]["deliveries_per_s"]),
         "fanout_client_busy": median(lambda r: r["fanout"]["client_busy"]),
@@ -59,19 +64,11 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "echo_client_busy": median(lambda r: r["echo"]["client_busy"]),
         "echo_server_busy": median(lambda r: r["echo"]["server_busy"]),
         "others_busy": max(r[w]["others_busy"] for r in rounds for w in ("fanout", "echo")),
-        "kib_per_idle": {c: median(lambda r, c=c: r["kib_per_idle"][c]) for c in counts},
         "boot_ms": statistics.median(b * 1000 for r in rounds for b in r["boot"]),
-        "sigterm_s": median(lambda r: r["sigterm"]["seconds"]),
-        "sigterm_max_s": max(r["sigterm"]["seconds"] for r in rounds),
-        "sigterm_cpu_s": median(lambda r: r["sigterm"]["cpu"]),
-        "sigterm_connections": connections,
-        # Each round's codes, in order: a table cell shows them, the test checks them.
-        "close_codes": [r["sigterm"]["codes"] for r in rounds],
         "deflate": all(r[w]["deflate"] for r in rounds for w in ("fanout", "echo")),
-        "all_saw_1001": all(
-            r["sigterm"]["codes"] == {"1001": r["sigterm"]["connections"]} for r in rounds
+        "acks_per_message": min(
+            r[w]["acks_per_message"] for r in rounds for w in ("fanout", "echo")
         ),
-        "exit_statuses": sorted({r["sigterm"]["status"] for r in rounds}, key=str),
         "latency_ms": median(lambda r: r["latency"] * 1000),
         "redis_latency_ms": (
             median(lambda r: r["redis_latency"] * 1000) if "redis_latency" in rounds[0] else None
@@ -79,6 +76,27 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "rounds": len(rounds),
         "busy_before": max(r["machine_busy_before"] for r in rounds),
         "remeasured": sum(r["attempts"] - 1 for r in rounds),
+    }
+    if "kib_per_idle" not in rounds[0]:  # measured under load only
+        idle: dict[str, Any] = dict.fromkeys(
+            ("kib_per_idle", "sigterm_s", "sigterm_max_s", "sigterm_cpu_s"), None
+        )
+        idle |= {"sigterm_connections": None, "close_codes": [], "all_saw_1001": None}
+        return {**loaded, **idle, "exit_statuses": []}
+    counts = list(rounds[0]["kib_per_idle"])
+    return {
+        **loaded,
+        "kib_per_idle": {c: median(lambda r, c=c: r["kib_per_idle"][c]) for c in counts},
+        "sigterm_s": median(lambda r: r["sigterm"]["seconds"]),
+        "sigterm_max_s": max(r["sigterm"]["seconds"] for r in rounds),
+        "sigterm_cpu_s": median(lambda r: r["sigterm"]["cpu"]),
+        "sigterm_connections": rounds[0]["sigterm"]["connections"],
+        # Each round's codes, in order: a table cell shows them, the test checks them.
+        "close_codes": [r["sigterm"]["codes"] for r in rounds],
+        "all_saw_1001": all(
+            r["sigterm"]["codes"] == {"1001": r["sigterm"]["connections"]} for r in rounds
+        ),
+        "exit_statuses": sorted({r["sigterm"]["status"] for r in rounds}, key=str),
     }
 
 
@@ -124,21 +142,28 @@ def table(
         def busy(share: float) -> str:
             return "*" if share >= CLIENT_BOUND else ""
 
-        codes = " / ".join(
-            ", ".join(f"{code} x{n:,}" for code, n in sorted(each.items()))
-            for each in unique(row["close_codes"])
-        )
-        statuses = ", ".join(str(s) for s in row["exit_statuses"])
+        if row["kib_per_idle"] is None:  # measured under load only
+            idle = ["not measured"] * (len(counts) + 2)
+        else:
+            codes = " / ".join(
+                ", ".join(f"{code} x{n:,}" for code, n in sorted(each.items()))
+                for each in unique(row["close_codes"])
+            )
+            statuses = ", ".join(str(s) for s in row["exit_statuses"])
+            idle = [
+                *(cell(row["kib_per_idle"][c], base["kib_per_idle"][c]) for c in counts),
+                cell(row["sigterm_s"], base["sigterm_s"], 2),
+                f"{codes} (exit {statuses}; {row['sigterm_cpu_s']:.2f} s CPU)",
+            ]
         cells = [
             labels[key],
             cell(row["fanout_cpu_us"], base["fanout_cpu_us"], 2),
             cell(row["fanout_per_s"], base["fanout_per_s"], 0, busy(row["fanout_client_busy"])),
             cell(row["echo_cpu_us"], base["echo_cpu_us"], 2),
             cell(row["echo_per_s"], base["echo_per_s"], 0, busy(row["echo_client_busy"])),
-            *(cell(row["kib_per_idle"][c], base["kib_per_idle"][c]) for c in counts),
+            *idle[: len(counts)],
             cell(row["boot_ms"], base["boot_ms"], 0),
-            cell(row["sigterm_s"], base["sigterm_s"], 2),
-            f"{codes} (exit {statuses}; {row['sigterm_cpu_s']:.2f} s CPU)",
+            *idle[len(counts) :],
             cell(row["latency_ms"], base["latency_ms"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -182,7 +207,7 @@ def redis_line(rows: dict[str, dict[str, Any]], clients: int) -> list[str]:
 def goals(rows: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
     """Issue 8's targets for (a), each with met or not and the numbers behind it."""
     a, b = rows["a"], rows[BASELINE]
-    peers = {k: r for k, r in rows.items() if k != "a"}
+    peers = {k: r for k, r in rows.items() if k not in ("a", NO_HISTORY)}
     fanout_ratio = a["fanout_cpu_us"] / b["fanout_cpu_us"]
     lowest_peer = min(r["fanout_cpu_us"] for r in peers.values())
     worst_kib = max(a["kib_per_idle"].values())
@@ -216,6 +241,97 @@ def goals(rows: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
             f"exit status {a['exit_statuses']}",
         ),
     ]
+
+
+def history_cost(rows: dict[str, dict[str, Any]]) -> tuple[bool, float] | None:
+    """Whether (a)'s default history keeps within HISTORY_TARGET, and the ratio."""
+    a, off = rows.get("a"), rows.get(NO_HISTORY)
+    if a is None or off is None:
+        return None
+    fanout = a["fanout_cpu_us"] / off["fanout_cpu_us"]
+    return fanout <= HISTORY_TARGET, fanout
+
+
+def history_cost_lines(rows: dict[str, dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """(a) at its defaults against (a) with HISTORY_SIZE=0, from the same rounds."""
+    cost = history_cost(rows)
+    if cost is None:
+        return []
+    met, fanout = cost
+    a, off = rows["a"], rows[NO_HISTORY]
+    clients = f"{settings['latency_clients']:,}"
+
+    def line(what: str, key: str, unit: str, digits: int) -> str:
+        return (
+            f"- {what}: {a[key]:.{digits}f} {unit} with history,"
+            f" {off[key]:.{digits}f} {unit} without: {ratio(a[key], off[key])}"
+        )
+
+    lines = [
+        "## What history costs: (a) at its defaults against (a) with HISTORY_SIZE=0",
+        "",
+        "Both measured in the same rounds, one after the other. At its defaults (a) keeps"
+        " the last 1,000 messages of each room (in this process's memory; in a Redis"
+        " Stream when rooms are shared through Redis) for 300 s; with HISTORY_SIZE=0 it"
+        " keeps none, but still gives every message an id and acknowledges it. Ratios"
+        " are with history ÷ without.",
+        "",
+        line("fan-out: server CPU per delivery", "fanout_cpu_us", "µs", 2),
+        line(
+            "echo (a room of one, nothing amortized): server CPU per round trip",
+            "echo_cpu_us",
+            "µs",
+            2,
+        ),
+        line(f"1 message → {clients} clients", "latency_ms", "ms", 1),
+    ]
+    if a.get("redis_latency_ms") and off.get("redis_latency_ms"):
+        lines.append(
+            line(
+                f"1 message → {clients} clients over two processes through Redis",
+                "redis_latency_ms",
+                "ms",
+                1,
+            )
+        )
+    lines += [
+        f"- {'met' if met else '**missed**'}: history costs at most"
+        f" {HISTORY_TARGET:.2f}x the server CPU per fan-out delivery ({fanout:.2f}x)",
+        "",
+    ]
+    return lines
+
+
+def redis_memory_lines(memory: dict[str, Any] | None) -> list[str]:
+    """What ``bench/redis_memory.py`` found, when run.py ran it."""
+    if memory is None:
+        return []
+    m = memory
+    return [
+        "## Redis memory of busy rooms",
+        "",
+        f"{m['rooms']:,} rooms, each sent {m['messages']:,} messages of {m['text_length']}"
+        f" characters with a client_id, through the baked app's `RedisBroker.publish()`"
+        f" at its defaults (HISTORY_SIZE {m['history_size']:,}, HISTORY_TTL"
+        f" {m['history_ttl']:g} s), into a redis-server {m['redis_version']} of their own"
+        " (`bench/redis_memory.py`): `used_memory` grew by"
+        f" **{m['mib']:.1f} MiB, {m['kib_per_room']:.1f} KiB per room**. Of that, the"
+        f" Streams hold {m['stream_kib_per_room']:.1f} KiB per room (`MEMORY USAGE`;"
+        f" {m['entries_per_room']:,.0f} entries kept on average, `MAXLEN ~` trims whole"
+        f" nodes); the rest, {m['other_mib']:.1f} MiB, is the key each message leaves to"
+        " remember its client_id for HISTORY_TTL, and the keyspace's tables"
+        f" ({m['keys']:,} keys in all, the Streams included): that part grows with the"
+        " messages sent within HISTORY_TTL, not with HISTORY_SIZE.",
+        "",
+    ]
+
+
+def history_section(previous: str | None) -> list[str]:
+    """RESULTS.md's History section, kept from the file a run replaces."""
+    if previous is None or f"\n{HISTORY_HEADING}\n" not in previous:
+        return []
+    kept = previous.split(f"\n{HISTORY_HEADING}\n", 1)[1].strip("\n")
+    return [HISTORY_HEADING, "", kept, ""]
 
 
 def machine() -> dict[str, Any]:
@@ -279,8 +395,10 @@ def render(
     settings: dict[str, Any],
     command: str,
     pinned: bool,
+    redis_memory: dict[str, Any] | None = None,
+    previous: str | None = None,
 ) -> str:
-    """The whole of RESULTS.md."""
+    """The whole of RESULTS.md; its History section is kept from ``previous``."""
     labels = {t.key: t.label for t in chosen}
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     box = machine()
@@ -301,6 +419,8 @@ def render(
         *table(rows, labels, settings),
         "",
         *redis_line(rows, settings["latency_clients"]),
+        *history_cost_lines(rows, settings),
+        *redis_memory_lines(redis_memory),
         "## Issue 8's targets for (a), against (b)",
         "",
     ]
@@ -318,12 +438,19 @@ def render(
         "",
         "## Workloads",
         "",
+        "- protocol: every server speaks the baked app's wire protocol, version 1. A client"
+        ' sends `{"type":"message","text":...,"client_id":...}` (a new client_id each time);'
+        ' the server sends `{"type":"message","id":...,"room":...,"from":null,"text":...}`'
+        " to every member of the room, sender included, then an `ack` to the sender, and a"
+        " `joined` frame to each connection as it arrives. Only `message` frames count as"
+        " deliveries: acks cost the servers one more small frame per message sent, and are"
+        " in their CPU time. The peers keep no history; their ids count up per room.",
         f"- fan-out: {settings['fanout_clients']} clients in one room, each sending a"
-        " 64-byte text message as soon as its previous one came back to it (a closed"
-        " loop); every message goes to every member. Deliveries = messages received,"
+        " 64-character text as soon as its previous one came back to it (a closed"
+        " loop); every message goes to every member. Deliveries = message frames received,"
         " counted by the clients.",
         f"- echo: {settings['echo_clients']} clients, each alone in its own room, doing"
-        " 64-byte round trips in a closed loop.",
+        " round trips of 64-character texts in a closed loop.",
         f"- Both run {settings['warmup']} s of warm-up, then a {settings['seconds']} s window."
         " Server CPU = utime + stime from /proc/<pid>/stat over the window, divided by the"
         " deliveries in the window.",
@@ -338,7 +465,8 @@ def render(
         f"- latency: {settings['latency_clients']:,} clients in one room; one sends a message,"
         " the time until the last of them has it, median of"
         f" {settings['latency_samples']} messages (includes the client reading all of them).",
-        "- latency through Redis ((a) only, the one that can share rooms): the same room"
+        "- latency through Redis ((a) only, the one that can share rooms, with and without"
+        " history): the same room"
         f" of {settings['latency_clients']:,} clients split evenly over two processes of"
         " (a) that share it through a local redis-server (`REDIS_URL`), both pinned to"
         " the server's CPU; the sender is on the first.",
@@ -356,7 +484,7 @@ def render(
             f"- {labels[k]}: deflate {'yes' if r['deflate'] else 'no'}; fan-out server"
             f" {r['fanout_server_busy']:.0%}, client {r['fanout_client_busy']:.0%}; echo server"
             f" {r['echo_server_busy']:.0%}, client {r['echo_client_busy']:.0%}; others up to"
-            f" {r['others_busy']:.0%}"
+            f" {r['others_busy']:.0%}; acks per message ≥ {r['acks_per_message']:.2f}"
             for k, r in rows.items()
         ),
         "",
@@ -377,6 +505,7 @@ def render(
         f"{sum(r['remeasured'] for r in rows.values())}",
         "- libraries: " + ", ".join(f"{name} {v}" for name, v in versions().items()),
         "",
+        *history_section(previous),
     ]
     return "\n".join(lines)
 

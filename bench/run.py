@@ -6,8 +6,13 @@ uvicorn through the same workloads with the same load client, server on CPU
 0 and client on CPU 1, then prints one table with ratios to the websockets
 example. It asserts nothing about speed.
 
-    python bench/run.py            # full run (6-10 minutes), rewrites bench/RESULTS.md
+    python bench/run.py            # full run (10-15 minutes), rewrites bench/RESULTS.md
     python bench/run.py --smoke    # seconds, tiny counts: does it work? (prints, writes nothing)
+
+The baked app is also run without history (HISTORY_SIZE=0), to show what
+history costs, and, once the rounds are over, bench/redis_memory.py fills
+1,000 rooms with 1,000 messages each through its RedisBroker to show what
+they cost in Redis memory. RESULTS.md's History section is kept as it was.
 
 Compare numbers from one run on one machine: absolute times drift.
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import cpu
+import redis_memory
 import report
 import scenarios
 from procs import CLIENT_CPU, pinning
@@ -50,6 +56,8 @@ SMOKE = scenarios.Settings(
     idle_counts=(100, 300),
     settle=0.2,
     shutdown_timeout=20.0,
+    redis_rooms=10,
+    redis_messages=50,
 )
 
 
@@ -58,7 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny counts, 1 round, no RESULTS.md")
     parser.add_argument("--runs", type=int, help="rounds per server; medians are reported (3)")
     parser.add_argument(
-        "--only", help="comma-separated server keys (a, b, c-asyncio, c-uvloop, d); b is kept"
+        "--only",
+        help="comma-separated server keys (a, a-nohistory, b, c-asyncio, c-uvloop, d); b is kept",
     )
     parser.add_argument("--output", type=Path, help=f"markdown file (default {RESULTS.name})")
     parser.add_argument("--json", type=Path, help="also write every number as JSON here")
@@ -90,6 +99,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--latency-clients", type=int, help=f"({defaults.latency_clients})")
     parser.add_argument("--idle", help="idle connection counts, comma-separated (2000,10000)")
+    parser.add_argument(
+        "--redis-memory",
+        metavar="ROOMS,MESSAGES",
+        help=f"rooms and messages per room for Redis's memory, after the rounds"
+        f" ({defaults.redis_rooms},{defaults.redis_messages}; 0 skips it)",
+    )
     args = parser.parse_args(argv)
     if args.smoke and args.output is not None and args.output.resolve() == RESULTS:
         parser.error("--smoke never writes RESULTS.md")
@@ -106,13 +121,18 @@ def settings_from(args: argparse.Namespace) -> scenarios.Settings:
         "latency_clients": args.latency_clients,
         "idle_counts": tuple(int(n) for n in args.idle.split(",")) if args.idle else None,
     }
+    if args.redis_memory is not None:
+        rooms, _, messages = args.redis_memory.partition(",")
+        overrides["redis_rooms"] = int(rooms)
+        overrides["redis_messages"] = int(messages or 0) if int(rooms) else 0
     return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
 async def run_all(
     args: argparse.Namespace, settings: scenarios.Settings, workdir: Path
-) -> tuple[dict[str, dict[str, Any]], list[Any]]:
-    """Every round of every server, interleaved so that drift hits them alike."""
+) -> tuple[dict[str, list[dict[str, Any]]], list[Target], dict[str, Any] | None]:
+    """Every round of every server, interleaved so that drift hits them alike;
+    then Redis's memory, if (a) is among them."""
     project, package = bake(workdir / "baked")
     chosen = targets(project, package)
     if args.only:
@@ -137,7 +157,18 @@ async def run_all(
                 file=sys.stderr,
                 flush=True,
             )
-    return rounds, chosen
+    memory = None
+    if "a" in rounds and settings.redis_rooms and settings.redis_messages:
+        start = time.perf_counter()
+        memory = await redis_memory.measure(
+            project, package, settings.redis_rooms, settings.redis_messages
+        )
+        print(
+            f"Redis memory of {settings.redis_rooms:,} rooms: {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rounds, chosen, memory
 
 
 async def quiet_round(
@@ -200,13 +231,15 @@ def main(argv: list[str]) -> int:
     if pinned:
         os.sched_setaffinity(0, {CLIENT_CPU})  # keep the server's CPU for the server
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
-        rounds, chosen = asyncio.run(run_all(args, settings, Path(workdir)))
+        rounds, chosen, memory = asyncio.run(run_all(args, settings, Path(workdir)))
     rows = {key: report.summarize(records) for key, records in rounds.items()}
     runs = len(next(iter(rounds.values())))
     shown = {**dataclasses.asdict(settings), "runs": runs}
     command = shlex.join(["python", "bench/run.py", *argv])
-    markdown = report.render(rows, chosen, shown, command, pinned)
     output = args.output or (None if args.smoke else RESULTS)
+    # The History section carries over from the file replaced, or from RESULTS.md.
+    previous = next((f.read_text() for f in (output, RESULTS) if f and f.exists()), None)
+    markdown = report.render(rows, chosen, shown, command, pinned, memory, previous)
     if output is None:
         print(markdown)
     else:
@@ -218,6 +251,8 @@ def main(argv: list[str]) -> int:
             "rows": rows,
             "rounds": rounds,
             "goals": report.goals(rows) if "a" in rows else [],
+            "history_cost": report.history_cost(rows),
+            "redis_memory": memory,
         }
         args.json.write_text(json.dumps(everything, indent=1))
     return 0

@@ -1,7 +1,8 @@
 """What one round measures on one server, in two fresh server processes.
 
 The first process carries the load (fan-out, echo, a 1,000-client room);
-the second only holds idle connections, then gets SIGTERM. Memory is
+the second only holds idle connections, then gets SIGTERM (not for a target
+measured under load only: the baked app without history). Memory is
 measured on a process that has carried no load, so that idle connections
 cannot hide in heap the load left behind, and shutdown with a known number
 of connections. Each process also gives a boot time.
@@ -38,11 +39,16 @@ class Settings:
     idle_counts: tuple[int, ...] = (2000, 10000)
     settle: float = 1.0
     shutdown_timeout: float = 30.0
+    #: Rooms, and messages sent to each, for Redis's memory (redis_memory.py); 0: skipped.
+    redis_rooms: int = 1000
+    redis_messages: int = 1000
 
 
 async def measure(target: Target, settings: Settings, logs: Path, stem: str) -> dict[str, Any]:
     """One round on ``target``: both processes, merged into one record; logs named ``stem``."""
     loaded = await under_load(target, settings, logs / f"{stem}-load.log")
+    if not target.idle:
+        return {**loaded, "boot": [loaded["boot"]]}
     idle = await idle_then_sigterm(target, settings, logs / f"{stem}-idle.log")
     return {**loaded, **idle, "boot": [loaded["boot"], idle["boot"]]}
 
@@ -113,12 +119,15 @@ async def closed_loop(
         in_flight=settings.in_flight,
     )
     await client.request("close", limit=30, group="loop")
-    if answer["closed"] or answer["lost"] or not answer["deliveries"]:
+    if answer["closed"] or answer["lost"] or not answer["deliveries"] or answer["error_frames"]:
         raise RuntimeError(
-            f"messages lost or connections closed under load: {answer}\n" + server.log_tail()
+            f"messages lost, refused or connections closed under load: {answer}\n"
+            + server.log_tail()
         )
     return {
         "cpu_us": answer["server_cpu"] / answer["deliveries"] * 1e6,
+        # Every server acknowledges each message to its sender (protocol v1).
+        "acks_per_message": answer["acks"] / answer["returned"],
         "deliveries_per_s": answer["deliveries"] / answer["elapsed"],
         "round_trips_per_s": answer["returned"] / answer["elapsed"],
         "client_busy": answer["client_cpu"] / answer["elapsed"],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cookiecutter.main import cookiecutter
 
-__all__ = ["BASELINE", "TEMPLATE", "Target", "bake", "targets"]
+__all__ = ["BASELINE", "NO_HISTORY", "TEMPLATE", "Target", "bake", "targets"]
 
 BENCH = Path(__file__).resolve().parent
 TEMPLATE = BENCH.parent
@@ -24,6 +24,10 @@ SERVERS = BENCH / "servers"
 
 #: The target every ratio is taken against: the websockets guide's example.
 BASELINE = "b"
+
+#: The baked app keeping no history (HISTORY_SIZE=0), to measure what
+#: history costs (a) at its defaults: under load only, in the same rounds.
+NO_HISTORY = "a-nohistory"
 
 #: Settings the baked app gets, beyond HOST, PORT and LOG_LEVEL. Its rate
 #: limit (20 messages/s by default, then 1008) would stop any load test, and
@@ -47,6 +51,8 @@ class Target:
     notes: str
     #: Whether it can share rooms through Redis (REDIS_URL): only (a) can.
     redis: bool = False
+    #: Whether it is also measured holding idle connections, then SIGTERM.
+    idle: bool = True
 
 
 def bake(output_dir: Path) -> tuple[Path, str]:
@@ -102,6 +108,17 @@ def targets(project: Path, package: str) -> list[Target]:
             "MAX_MESSAGES_PER_SECOND=1000000 and MAX_CONNECTIONS=20000 (defaults 20 and"
             " 5000) so that the load and 10,000-connection tests can run; all else default",
             redis=True,
+        ),
+        Target(
+            NO_HISTORY,
+            "(a) baked template, HISTORY_SIZE=0",
+            (python, "-m", package),
+            project,
+            {**env, **TEMPLATE_SETTINGS, "HISTORY_SIZE": "0"},
+            "as (a), but keeping no history (the default keeps 1,000 messages per room);"
+            " every message still gets an id and an ack. Measured under load only",
+            redis=True,
+            idle=False,
         ),
         Target(
             "b",

@@ -27,6 +27,9 @@ MODULES = ("aiohttp", "uvloop", "uvicorn", "starlette", "picows")
 #: Servers that close every WebSocket with 1001 and exit 0 on SIGTERM. uvicorn
 #: (d) closes with 1012 and re-raises the signal once it has drained.
 GOING_AWAY = ("a", "b", "c-asyncio", "c-uvloop")
+#: The baked app without history: measured under load only, to show what
+#: history costs (a); no idle connections, no SIGTERM.
+NO_HISTORY = "a-nohistory"
 SERVERS = (*GOING_AWAY, "d")
 
 POSITIVE = ("fanout_cpu_us", "fanout_per_s", "echo_cpu_us", "echo_per_s", "boot_ms")
@@ -63,15 +66,27 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str
 
 def test_every_server_has_a_row_of_positive_numbers(smoke: tuple[dict[str, Any], str]) -> None:
     results, _ = smoke
-    assert set(results["rows"]) == set(SERVERS)
+    assert set(results["rows"]) == {*SERVERS, NO_HISTORY}
     for key, row in results["rows"].items():
         for name in POSITIVE:
             assert row[name] > 0, (key, name, row[name])
-        assert row["sigterm_s"] > 0, key
         assert row["latency_ms"] > 0, key
+        if key == NO_HISTORY:
+            assert row["kib_per_idle"] is None and row["sigterm_s"] is None
+            continue
+        assert row["sigterm_s"] > 0, key
         assert len(row["kib_per_idle"]) == 2, key
         for count, kib in row["kib_per_idle"].items():
             assert kib > 0, (key, count, kib)
+
+
+def test_every_server_speaks_protocol_version_1(smoke: tuple[dict[str, Any], str]) -> None:
+    """Each server acknowledged every message it was sent under load: it parsed
+    the client's JSON frame (a server that echoed frames back would send no ack,
+    and the client would count no delivery)."""
+    results, _ = smoke
+    for key, row in results["rows"].items():
+        assert row["acks_per_message"] >= 0.9, (key, row["acks_per_message"])
 
 
 def test_every_client_saw_the_close_code_of_its_server(
@@ -92,8 +107,53 @@ def test_the_baked_app_is_also_measured_across_two_processes_through_redis(
 ) -> None:
     results, printed = smoke
     assert results["rows"]["a"]["redis_latency_ms"] > 0
+    assert results["rows"][NO_HISTORY]["redis_latency_ms"] > 0
     assert all(results["rows"][key]["redis_latency_ms"] is None for key in SERVERS if key != "a")
     assert "split over two processes of (a) sharing the room through Redis" in printed
+
+
+def test_what_history_costs_is_measured_against_the_app_without_it(
+    smoke: tuple[dict[str, Any], str],
+) -> None:
+    results, printed = smoke
+    met, fanout = results["history_cost"]
+    assert fanout > 0 and met == (fanout <= 1.10)
+    section = printed.split("## What history costs", 1)[1].split("\n## ", 1)[0]
+    bullets = [line for line in section.splitlines() if line.startswith("- ")]
+    assert len(bullets) == 5, bullets  # fan-out, echo, a crowd, a crowd through Redis, target
+    for line in bullets[:4]:
+        assert re.search(r"[\d.]+ (µs|ms) with history, [\d.]+ (µs|ms) without: [\d.]+x$", line), (
+            line
+        )
+    assert re.search(r"- (met|\*\*missed\*\*): history costs at most 1\.10x", section)
+
+
+def test_run_also_measures_what_busy_rooms_cost_in_redis_memory(
+    smoke: tuple[dict[str, Any], str],
+) -> None:
+    results, printed = smoke
+    memory = results["redis_memory"]
+    assert memory["rooms"] > 0 and memory["messages"] > 0
+    assert memory["entries_per_room"] == memory["messages"]  # fewer than HISTORY_SIZE
+    assert memory["mib"] > 0 and memory["kib_per_room"] > memory["stream_kib_per_room"] > 0
+    assert memory["keys"] == memory["rooms"] * (1 + memory["messages"])  # client_id keys
+    assert re.search(r"grew by \*\*[\d.]+ MiB, [\d.]+ KiB per room\*\*", printed)
+
+
+def test_the_redis_memory_benchmark_smoke_mode_prints_its_numbers() -> None:
+    require_tool("redis-server")
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "redis_memory.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout
+    assert re.search(r"10 rooms x 50 messages of 64 characters \(HISTORY_SIZE 1000", output)
+    assert re.search(r"published: 500 in [\d.]+ s", output), output
+    assert re.search(r"rooms cost: [\d.]+ MiB, [\d.]+ KiB per room", output), output
+    assert re.search(r"streams: [\d.]+ KiB per room \(50 entries", output), output
 
 
 def test_the_client_offers_deflate_like_a_browser_and_the_baseline_takes_it(
@@ -107,12 +167,29 @@ def test_the_table_has_a_row_per_server_with_ratios_to_the_baseline(
     smoke: tuple[dict[str, Any], str],
 ) -> None:
     _, printed = smoke
-    rows = [line for line in printed.splitlines() if line.startswith("| (")]
-    assert [row.split("|")[1].split()[0] for row in rows] == ["(a)", "(b)", "(c)", "(c)", "(d)"]
+    results = printed.split("## Results", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in results.splitlines() if line.startswith("| (")]
+    assert [row.split("|")[1].split()[0] for row in rows] == [
+        "(a)",
+        "(a)",
+        "(b)",
+        "(c)",
+        "(c)",
+        "(d)",
+    ]
+    assert "HISTORY_SIZE=0 | " in rows[1] and "not measured" in rows[1]
     baseline = next(row for row in rows if row.startswith("| (b)"))
     assert len(re.findall(r"\(1\.00x\)", baseline)) >= 9, baseline
-    assert "Issue 8's targets" in printed
-    assert printed.count("- met: ") + printed.count("- **missed**: ") == 5
+    targets = printed.split("## Issue 8's targets", 1)[1].split("\n## ", 1)[0]
+    assert targets.count("- met: ") + targets.count("- **missed**: ") == 5
+
+
+def test_the_results_keep_their_history_section(smoke: tuple[dict[str, Any], str]) -> None:
+    """A run rewrites RESULTS.md but carries its History section over, as it was."""
+    _, printed = smoke
+    kept = RESULTS.read_text().split("\n## History\n", 1)[1].strip()
+    assert printed.rstrip().endswith(kept)
+    assert "plain-text protocol" in kept
 
 
 def test_smoke_mode_refuses_to_overwrite_the_results() -> None:

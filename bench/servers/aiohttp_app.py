@@ -8,6 +8,11 @@ off (``compress=False``; aiohttp's default is on): chat messages are too
 short to gain from it, and it is what the performance notes compare with.
 ``--loop uvloop`` runs the same app on uvloop.
 
+It speaks the baked app's wire protocol, version 1, without history, as
+``websockets_example.py`` does: ``joined`` on arrival, one JSON message frame
+with an id from the room's counter per client message, encoded once and
+sent to every member, sender included, then an ``ack`` to the sender.
+
     PORT=8000 HOST=127.0.0.1 python bench/servers/aiohttp_app.py --loop asyncio|uvloop
 """
 
@@ -15,11 +20,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-ROOMS = web.AppKey("rooms", dict[str, set[web.WebSocketResponse]])
+
+@dataclass
+class Room:
+    """Who is in a room, and the id of its last message."""
+
+    members: set[web.WebSocketResponse] = field(default_factory=set)
+    last_id: int = 0
+
+
+ROOMS = web.AppKey("rooms", dict[str, Room])
+
+
+def encode(frame: dict[str, object]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -30,26 +50,54 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     websocket = web.WebSocketResponse(compress=False)
     await websocket.prepare(request)
     rooms = request.app[ROOMS]
-    room = request.match_info.get("room", "lobby")
-    members = rooms.setdefault(room, set())
-    members.add(websocket)
+    name = request.match_info.get("room", "lobby")
+    joined = {"type": "joined", "room": name, "recovered": None, "last_id": None}
+    await websocket.send_str(encode(joined))
+    room = rooms.setdefault(name, Room())
+    room.members.add(websocket)
     try:
         async for message in websocket:
-            if message.type == WSMsgType.TEXT:
-                # A copy: members may join or leave while we await a send.
-                for member in tuple(members):
-                    if not member.closed:
-                        await member.send_str(message.data)
+            if message.type != WSMsgType.TEXT:
+                continue
+            try:
+                data = json.loads(message.data)
+            except ValueError:
+                data = None
+            if not (
+                isinstance(data, dict)
+                and data.get("type") == "message"
+                and isinstance(data.get("text"), str)
+            ):
+                error = {"type": "error", "error": "invalid", "reason": "not a message"}
+                await websocket.send_str(encode(error))
+                continue
+            room.last_id += 1
+            message_id = str(room.last_id)
+            frame = encode(
+                {
+                    "type": "message",
+                    "id": message_id,
+                    "room": name,
+                    "from": None,
+                    "text": data["text"],
+                }
+            )
+            # A copy: members may join or leave while we await a send.
+            for member in tuple(room.members):
+                if not member.closed:
+                    await member.send_str(frame)
+            ack = {"type": "ack", "client_id": data.get("client_id"), "id": message_id}
+            await websocket.send_str(encode(ack))
     finally:
-        members.discard(websocket)
-        if not members:
-            del rooms[room]
+        room.members.discard(websocket)
+        if not room.members:
+            del rooms[name]
     return websocket
 
 
 async def on_shutdown(app: web.Application) -> None:
-    for members in tuple(app[ROOMS].values()):
-        for websocket in tuple(members):
+    for room in tuple(app[ROOMS].values()):
+        for websocket in tuple(room.members):
             await websocket.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutdown")
 
 

@@ -10,13 +10,19 @@ so that installing another package cannot change what is measured. On
 SIGTERM uvicorn stops accepting and closes each WebSocket itself, with 1012
 (service restart): the app has no say in that code.
 
+It speaks the baked app's wire protocol, version 1, without history, as
+``websockets_example.py`` does: ``joined`` on arrival, one JSON message frame
+with an id from the room's counter per client message, encoded once and
+sent to every member, sender included, then an ``ack`` to the sender.
+
     PORT=8000 HOST=127.0.0.1 python bench/servers/starlette_app.py
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections import defaultdict
+from dataclasses import dataclass, field
 
 import uvicorn
 from starlette.applications import Starlette
@@ -25,8 +31,21 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-#: Members of each room.
-rooms: defaultdict[str, set[WebSocket]] = defaultdict(set)
+
+@dataclass
+class Room:
+    """Who is in a room, and the id of its last message."""
+
+    members: set[WebSocket] = field(default_factory=set)
+    last_id: int = 0
+
+
+#: A room exists while someone is in it.
+rooms: dict[str, Room] = {}
+
+
+def encode(frame: dict[str, object]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
 
 
 async def healthz(request: Request) -> PlainTextResponse:
@@ -35,18 +54,45 @@ async def healthz(request: Request) -> PlainTextResponse:
 
 async def chat(websocket: WebSocket) -> None:
     await websocket.accept()
-    room = websocket.path_params.get("room", "lobby")
-    members = rooms[room]
-    members.add(websocket)
+    name = websocket.path_params.get("room", "lobby")
+    joined = {"type": "joined", "room": name, "recovered": None, "last_id": None}
+    await websocket.send_text(encode(joined))
+    room = rooms.setdefault(name, Room())
+    room.members.add(websocket)
     try:
         async for text in websocket.iter_text():
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = None
+            if not (
+                isinstance(data, dict)
+                and data.get("type") == "message"
+                and isinstance(data.get("text"), str)
+            ):
+                error = {"type": "error", "error": "invalid", "reason": "not a message"}
+                await websocket.send_text(encode(error))
+                continue
+            room.last_id += 1
+            message_id = str(room.last_id)
+            frame = encode(
+                {
+                    "type": "message",
+                    "id": message_id,
+                    "room": name,
+                    "from": None,
+                    "text": data["text"],
+                }
+            )
             # A copy: members may join or leave while we await a send.
-            for member in tuple(members):
-                await member.send_text(text)
+            for member in tuple(room.members):
+                await member.send_text(frame)
+            ack = {"type": "ack", "client_id": data.get("client_id"), "id": message_id}
+            await websocket.send_text(encode(ack))
     finally:
-        members.discard(websocket)
-        if not members:
-            del rooms[room]
+        room.members.discard(websocket)
+        if not room.members:
+            del rooms[name]
 
 
 app = Starlette(

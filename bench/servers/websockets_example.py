@@ -7,6 +7,13 @@ room. Everything else is left at the library's defaults, on the default
 asyncio event loop, as a reader of the docs would ship it: per-message deflate
 included. It is the baseline the baked app is compared with.
 
+It speaks the baked app's wire protocol, version 1, without history: a
+``joined`` frame on arrival, then for each client frame
+``{"type": "message", "text": ..., "client_id": ...}`` one JSON message frame
+with an id from a counter of the room, encoded once and broadcast to the
+room, sender included, then an ``ack`` to the sender; an ``error`` frame for
+anything else. The same frames as the baked app's, so that both pay for them.
+
     PORT=8000 HOST=127.0.0.1 python bench/servers/websockets_example.py
 """
 
@@ -14,14 +21,29 @@ from __future__ import annotations
 
 import asyncio
 import http
+import json
 import os
 import signal
+from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
-#: Members of each room; a room exists while someone is in it.
-ROOMS: dict[str, set[ServerConnection]] = {}
+
+@dataclass
+class Room:
+    """Who is in a room, and the id of its last message."""
+
+    members: set[ServerConnection] = field(default_factory=set)
+    last_id: int = 0
+
+
+#: A room exists while someone is in it.
+ROOMS: dict[str, Room] = {}
+
+
+def encode(frame: dict[str, object]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
 
 
 def room_of(path: str) -> str | None:
@@ -42,16 +64,42 @@ def health_check(connection: ServerConnection, request: Request) -> Response | N
 
 
 async def chat(websocket: ServerConnection) -> None:
-    room = room_of(websocket.request.path) or "lobby"
-    members = ROOMS.setdefault(room, set())
-    members.add(websocket)
+    name = room_of(websocket.request.path) or "lobby"
+    await websocket.send(
+        encode({"type": "joined", "room": name, "recovered": None, "last_id": None})
+    )
+    room = ROOMS.setdefault(name, Room())
+    room.members.add(websocket)
     try:
-        async for message in websocket:
-            broadcast(members, message)
+        async for frame in websocket:
+            try:
+                data = json.loads(frame)
+            except ValueError:
+                data = None
+            if not (
+                isinstance(data, dict)
+                and data.get("type") == "message"
+                and isinstance(data.get("text"), str)
+            ):
+                error = {"type": "error", "error": "invalid", "reason": "not a message"}
+                await websocket.send(encode(error))
+                continue
+            room.last_id += 1
+            message_id = str(room.last_id)
+            message = {
+                "type": "message",
+                "id": message_id,
+                "room": name,
+                "from": None,
+                "text": data["text"],
+            }
+            broadcast(room.members, encode(message))
+            ack = {"type": "ack", "client_id": data.get("client_id"), "id": message_id}
+            await websocket.send(encode(ack))
     finally:
-        members.discard(websocket)
-        if not members:
-            del ROOMS[room]
+        room.members.discard(websocket)
+        if not room.members:
+            del ROOMS[name]
 
 
 async def main() -> None:
