@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import subprocess
@@ -50,13 +51,15 @@ def test_it_holds_every_connection_and_times_every_message(app: App) -> None:
         r"connections: (\d+) requested, (\d+) opened, (\d+) still open", output
     )
     assert opened == (20, 20, 20)
-    sent, came_back, lost, from_others = numbers(
-        r"messages: (\d+) sent, (\d+) came back, (\d+) lost, (\d+) received from other",
+    sent, acked, came_back, lost, from_others = numbers(
+        r"messages: (\d+) sent, (\d+) acknowledged, (\d+) came back, (\d+) lost,"
+        r" (\d+) received from other",
         output,
     )
-    assert sent >= 20 and came_back == sent and lost == 0
+    assert sent >= 20 and acked == came_back == sent and lost == 0
     # Five clients per room: each message also reaches the four others (the
-    # very last ones may still be unread when the clients hang up).
+    # very last ones may still be unread when the clients hang up). Neither
+    # joined frames nor acks count as messages.
     assert 0.95 * 4 * sent <= from_others <= 4 * sent
     latency = re.search(
         r"latency: p50 (.+) ms, p90 (.+) ms, p99 (.+) ms, max (.+) ms", output
@@ -125,15 +128,10 @@ def test_it_reports_a_server_that_hangs_up_during_the_handshake(
     )
 
 
-@pytest.fixture
-def silent_server_url() -> Iterator[str]:
-    """A WebSocket server that reads every message and answers none."""
-
-    def ignore(connection: ServerConnection) -> None:
-        for _ in connection:
-            pass
-
-    with serve(ignore, "127.0.0.1", 0) as server:
+@contextlib.contextmanager
+def serving(handler: Callable[[ServerConnection], None]) -> Iterator[str]:
+    """Run a WebSocket server of the test's own; yield its URL."""
+    with serve(handler, "127.0.0.1", 0) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/ws"
@@ -141,17 +139,85 @@ def silent_server_url() -> Iterator[str]:
     thread.join(5)
 
 
-def test_messages_that_never_come_back_are_errors(silent_server_url: str) -> None:
-    result = loadtest(
-        silent_server_url, "--connections", "2", "--rate", "10", "--duration", "1"
-    )
+def test_messages_that_never_come_back_are_errors() -> None:
+    def ignore(connection: ServerConnection) -> None:
+        for _ in connection:
+            pass
+
+    with serving(ignore) as url:
+        result = loadtest(url, "--connections", "2", "--rate", "10", "--duration", "1")
     assert result.returncode == 1
-    sent, came_back, lost = numbers(
-        r"(\d+) sent, (\d+) came back, (\d+) lost", result.stdout
+    sent, acked, came_back, lost = numbers(
+        r"(\d+) sent, (\d+) acknowledged, (\d+) came back, (\d+) lost", result.stdout
     )
-    assert sent > 0 and came_back == 0 and lost == sent
+    assert sent > 0 and acked == came_back == 0 and lost == sent
     assert "latency: no message came back" in result.stdout
-    assert f"errors: {lost} (messages that never came back x{lost})" in result.stdout
+    assert (
+        f"errors: {2 * lost} (messages that never came back x{lost}, unacked x{lost})"
+        in result.stdout
+    )
+
+
+def test_it_sends_messages_as_json_with_client_ids_of_their_own() -> None:
+    frames: list[str] = []
+
+    def record(connection: ServerConnection) -> None:
+        for frame in connection:
+            frames.append(str(frame))
+
+    with serving(record) as url:
+        loadtest(url, "--connections", "2", "--rate", "10", "--duration", "0.5")
+    messages = [json.loads(frame) for frame in frames]
+    assert messages and all(m["type"] == "message" for m in messages)
+    client_ids = [m["client_id"] for m in messages]
+    assert len(set(client_ids)) == len(client_ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", c) for c in client_ids)
+
+
+def test_a_server_that_echoes_frames_and_acks_nothing_fails_it() -> None:
+    """The old protocol: frames come back as they were sent, without acks."""
+
+    def echo(connection: ServerConnection) -> None:
+        for frame in connection:
+            connection.send(frame)
+
+    with serving(echo) as url:
+        result = loadtest(url, "--connections", "2", "--rate", "10", "--duration", "1")
+    assert result.returncode == 1
+    sent, acked, came_back = numbers(
+        r"(\d+) sent, (\d+) acknowledged, (\d+) came back", result.stdout
+    )
+    assert sent > 0 and acked == 0 and came_back == sent
+    assert f"errors: {sent} (unacked x{sent})" in result.stdout
+
+
+def test_it_ignores_joined_and_unknown_frames_and_counts_error_frames() -> None:
+    def answer(connection: ServerConnection) -> None:
+        connection.send(json.dumps({"type": "joined", "room": "x", "last_id": None}))
+        for number, frame in enumerate(connection):
+            sent = json.loads(frame)
+            if number % 2:
+                error = {"type": "error", "error": "rejected", "reason": "no"}
+                connection.send(json.dumps({**error, "client_id": sent["client_id"]}))
+                continue
+            message = {"type": "message", "id": str(number), "text": sent["text"]}
+            connection.send(json.dumps({**message, "room": "x", "from": None}))
+            connection.send(json.dumps({"type": "typing", "who": "someone"}))
+            ack = {"type": "ack", "client_id": sent["client_id"], "id": str(number)}
+            connection.send(json.dumps(ack))
+
+    with serving(answer) as url:
+        result = loadtest(url, "--connections", "1", "--rate", "10", "--duration", "1")
+    assert result.returncode == 1
+    sent, acked, came_back, lost, from_others = numbers(
+        r"(\d+) sent, (\d+) acknowledged, (\d+) came back, (\d+) lost,"
+        r" (\d+) received from other",
+        result.stdout,
+    )
+    refused = sent // 2
+    assert acked == came_back == sent - refused and lost == refused
+    assert from_others == 0
+    assert f"error frames: rejected x{refused}" in result.stdout, result.stdout
 
 
 def test_rooms_keep_the_urls_query_string(app: App) -> None:

@@ -8,11 +8,17 @@ Opens ``--connections`` WebSocket connections to rooms of the demo chat
 ``--rate`` messages per second for ``--duration`` seconds, at evenly spaced
 times that differ from client to client. Every message comes back to its
 sender through the room, which times the round trip. It reports the
-connections opened and still open at the end, the messages sent, returned
-and lost, latency percentiles, its own CPU use and every error; it exits 1
-if there was any error or any lost message.
+connections opened and still open at the end, the messages sent,
+acknowledged, returned and lost, latency percentiles, its own CPU use and
+every error; it exits 1 if there was any error, any lost message or any
+message never acknowledged.
 
-It speaks the demo room's protocol: if you replace ``rooms.py``, adapt
+It speaks the wire protocol, version 1 (PROTOCOL.md): each message is
+``{"type": "message", "text": ..., "client_id": ...}`` with a client_id of
+its own, and its text carries the sender's tag and the time it was sent.
+Only ``message`` frames count as messages received; ``joined`` frames are
+ignored, ``ack`` frames tick off the message they name, and ``error``
+frames are errors. If your ``rooms.py`` changes or refuses texts, adapt
 ``Client.message`` and ``Client.receive``. Keep ``--rate`` under the
 server's ``MAX_MESSAGES_PER_SECOND``: faster clients are closed with 1008.
 Each client receives every message of its room, so the load on this
@@ -27,9 +33,11 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import json
 import math
 import random
 import resource
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -88,6 +96,7 @@ class Report:
         self.opened = 0
         self.held = 0
         self.sent = 0
+        self.acked = 0
         self.echoed = 0
         self.from_others = 0
         self.latency = LatencyHistogram()
@@ -99,15 +108,20 @@ class Report:
         return self.sent - self.echoed
 
     @property
+    def unacked(self) -> int:
+        return self.sent - self.acked
+
+    @property
     def failed(self) -> bool:
-        return bool(self.errors) or self.lost > 0
+        return bool(self.errors) or self.lost > 0 or self.unacked > 0
 
     def lines(self, url: str) -> list[str]:
         lines = [
             f"target: {url}",
             f"connections: {self.requested} requested, {self.opened} opened,"
             f" {self.held} still open at the end",
-            f"messages: {self.sent} sent, {self.echoed} came back, {self.lost} lost,"
+            f"messages: {self.sent} sent, {self.acked} acknowledged,"
+            f" {self.echoed} came back, {self.lost} lost,"
             f" {self.from_others} received from other clients",
         ]
         if self.latency.total:
@@ -127,6 +141,8 @@ class Report:
         problems = self.errors.copy()
         if self.lost:
             problems["messages that never came back"] = self.lost
+        if self.unacked:
+            problems["unacked"] = self.unacked
         if problems:
             listed = ", ".join(
                 f"{what} x{count}" for what, count in problems.most_common()
@@ -185,28 +201,64 @@ def cpu_seconds() -> float:
 class Client:
     """One connection that sends on a schedule and times its own echoes."""
 
-    def __init__(self, number: int, report: Report) -> None:
+    def __init__(self, number: int, report: Report, run_id: str = "") -> None:
         self.tag = f"c{number}"
+        #: Unique to this run: a server remembers client_ids for a while, and
+        #: would take the same ones from an earlier run for messages sent twice.
+        self.client_ids = f"{run_id or secrets.token_hex(4)}-{number}-"
         self.report = report
         self.sequence = 0
         self.echoed = 0
+        #: client_ids of the messages sent that no ack has named yet.
+        self.unacked: set[str] = set()
         self.all_back = asyncio.Event()
 
     def message(self) -> str:
         self.sequence += 1
         self.all_back.clear()
-        return f"{self.tag} {self.sequence} {time.perf_counter_ns()}"
+        client_id = f"{self.client_ids}{self.sequence}"
+        self.unacked.add(client_id)
+        text = f"{self.tag} {self.sequence} {time.perf_counter_ns()}"
+        return json.dumps({"type": "message", "text": text, "client_id": client_id})
 
-    def receive(self, message: str | bytes) -> None:
-        tag, _, rest = str(message).partition(" ")
-        if tag != self.tag:
+    def receive(self, frame: str | bytes) -> None:
+        try:
+            data = json.loads(frame)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self.report.errors["frames that are not JSON objects"] += 1
+            return
+        kind = data.get("type")
+        if kind == "message" and isinstance(data.get("text"), str):
+            self.receive_text(data["text"])
+        elif kind == "ack":
+            client_id = data.get("client_id")
+            if isinstance(client_id, str) and client_id in self.unacked:
+                self.unacked.discard(client_id)
+                self.report.acked += 1
+                self.check_all_back()
+        elif kind == "error":
+            self.report.errors[f"error frames: {data.get('error')}"] += 1
+        # Anything else, "joined" included, says nothing about the load.
+
+    def receive_text(self, text: str) -> None:
+        tag, _, rest = text.partition(" ")
+        try:
+            sent_ns = int(rest.split(" ")[1]) if tag == self.tag else None
+        except (IndexError, ValueError):
+            sent_ns = None
+        if sent_ns is None:
             self.report.from_others += 1
             return
-        sent_ns = int(rest.split(" ")[1])
         self.report.echoed += 1
         self.report.latency.add((time.perf_counter_ns() - sent_ns) / 1e6)
         self.echoed += 1
-        if self.echoed == self.sequence:
+        self.check_all_back()
+
+    def check_all_back(self) -> None:
+        """Set ``all_back`` once every message sent came back and was acked."""
+        if self.echoed == self.sequence and not self.unacked:
             self.all_back.set()
 
     async def talk(
@@ -255,9 +307,14 @@ def describe(exc: BaseException) -> str:
 
 
 async def run_client(
-    number: int, url: str, options: argparse.Namespace, phases: Phases, report: Report
+    number: int,
+    url: str,
+    options: argparse.Namespace,
+    phases: Phases,
+    report: Report,
+    run_id: str = "",
 ) -> None:
-    client = Client(number, report)
+    client = Client(number, report, run_id)
     try:
         try:
             connection = await connect(
@@ -289,11 +346,14 @@ def room_url(url: str, number: int) -> str:
 async def run(options: argparse.Namespace, report: Report) -> None:
     """Open the connections ``--ramp`` per second, load them, close them."""
     phases = Phases(options.connections, options.duration)
+    run_id = secrets.token_hex(4)
     tasks = []
     for number in range(options.connections):
         url = room_url(options.url, number // options.room_size)
         tasks.append(
-            asyncio.create_task(run_client(number, url, options, phases, report))
+            asyncio.create_task(
+                run_client(number, url, options, phases, report, run_id)
+            )
         )
         await asyncio.sleep(1 / options.ramp)
     await asyncio.gather(*tasks)
