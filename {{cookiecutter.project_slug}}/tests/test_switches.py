@@ -93,7 +93,8 @@ def test_asking_for_uvloop_without_it_stops_startup_with_one_line() -> None:
 def test_compression_is_off_by_default(app: App) -> None:
     # websockets clients offer per-message deflate, as browsers do.
     with app.client() as client:
-        assert client.response.headers.get("Sec-WebSocket-Extensions") is None
+        headers = client.connection.response.headers
+        assert headers.get("Sec-WebSocket-Extensions") is None
         client.say("small")
         assert client.hear_text(timeout=5) == "small"
 

@@ -22,7 +22,7 @@ What it keeps from the library:
   see :meth:`FanoutConnection.send_data`. So a frame is never written after
   a close frame, nor between the fragments of a message.
 * Backpressure: queued frames go through the transport's write buffer, so
-  ``serve(write_limit=...)`` and ``limits.GuardedConnection.pause_writing``
+  ``serve(write_limit=...)`` and ``connection.Connection.pause_writing``
   still drop a client that stops reading.
 
 Connections that compress (``COMPRESSION=deflate``) need a frame of their

@@ -22,7 +22,6 @@ from websockets.asyncio.server import ServerConnection
 from websockets.version import version as websockets_version
 
 from . import __version__
-from .fanout import FanoutConnection
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -35,7 +34,7 @@ __all__ = [
     "MESSAGES_DELIVERED",
     "MESSAGES_RECEIVED",
     "ConnectionCounter",
-    "MeteredConnection",
+    "closing_code",
     "exposition",
 ]
 
@@ -94,16 +93,6 @@ class ConnectionCounter:
                 self.open -= 1
 
         return counted
-
-
-class MeteredConnection(FanoutConnection):
-    """A server connection that counts its close code once it is closed."""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        # HTTP requests (health checks, 404s) never became WebSockets.
-        if self.response is not None and self.response.status_code == 101:
-            CONNECTIONS_CLOSED[closing_code(self)] += 1
 
 
 def closing_code(connection: ServerConnection) -> int:

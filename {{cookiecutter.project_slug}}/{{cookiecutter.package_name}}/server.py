@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from websockets.asyncio.server import Server, serve
 
-from . import limits, metrics
+from . import connection, metrics
 from .broker import Broker
 from .config import Config
 from .hub import Hub
@@ -128,7 +128,7 @@ async def start_server(config: Config, handler: Handler, routes: Routes) -> Serv
         config.port,
         process_request=routes.process_request,
         process_response=routes.process_response,
-        create_connection=limits.guarded(config.max_messages_per_second),
+        create_connection=connection.factory(config.max_messages_per_second),
         write_limit=config.max_send_buffer,
         max_size=config.max_message_size,
         open_timeout=config.open_timeout,

@@ -1,0 +1,88 @@
+"""Every server connection's behaviour beyond the library's, in one place.
+
+websockets lets ``serve(create_connection=...)`` choose the connection
+class. This is the only one the app uses, and everything it adds to
+:class:`websockets.asyncio.server.ServerConnection` is here:
+
+* frames queued by ``fanout.broadcast()`` go out before anything else the
+  library writes (inherited from :class:`fanout.FanoutConnection`, which
+  ``fanout.py`` needs to stand alone);
+* a client that sends faster than ``MAX_MESSAGES_PER_SECOND`` is closed
+  with 1008 (:meth:`recv`);
+* a client that lets ``MAX_SEND_BUFFER`` bytes pile up is dropped
+  (:meth:`pause_writing`);
+* the close code is counted for ``/metrics`` (:meth:`connection_lost`).
+
+What happens *on* a connection (joining, frames, acks) is ``hub.py``'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from websockets.frames import CloseCode
+from websockets.typing import Data
+
+from . import metrics
+from .fanout import FanoutConnection
+from .limits import TokenBucket
+
+__all__ = ["Connection", "factory"]
+
+logger = logging.getLogger(__name__)
+
+
+class Connection(FanoutConnection):
+    """A server connection with the app's limits and metrics."""
+
+    def __init__(self, *args: Any, message_rate: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bucket = TokenBucket(message_rate, burst=max(1.0, 2 * message_rate))
+
+    async def recv(self, decode: bool | None = None) -> Data:  # type: ignore[override]
+        """Receive a message; close the client with 1008 past its rate."""
+        message = await super().recv(decode)
+        if not self.bucket.allow():
+            # Fail the connection, as recv() does on invalid UTF-8: send 1008
+            # and hang up without waiting for an answer, which could be stuck
+            # behind the messages the client keeps sending. Then raise
+            # ConnectionClosedError, as recv() does on a closed connection:
+            # handlers need nothing special, and nothing queued gets through.
+            async with self.send_context():
+                self.protocol.fail(CloseCode.POLICY_VIOLATION, "too many messages")
+            await asyncio.shield(self.connection_lost_waiter)
+            raise self.close_exc
+        return message
+
+    def pause_writing(self) -> None:
+        """Drop a client that lets ``write_limit`` bytes pile up.
+
+        asyncio calls this as soon as the write buffer passes its high-water
+        mark, which ``serve(write_limit=...)`` sets. ``broadcast()`` has no
+        backpressure (the library's or ``fanout.broadcast()``, whose queued
+        frames go through the same buffer): without this, a client that
+        stops reading would accumulate every message sent to its room until
+        the ping timeout, 40 seconds later. This applies to ``send()`` too:
+        a client that far behind is dropped rather than throttled.
+        """
+        super().pause_writing()
+        backlog = self.transport.get_write_buffer_size()
+        logger.info("dropping %s: %d bytes unread", self.remote_address, backlog)
+        # Not from inside the write that called us: on the next loop turn.
+        asyncio.get_running_loop().call_soon(self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Count the close code once the connection is closed."""
+        super().connection_lost(exc)
+        # HTTP requests (health checks, 404s) never became WebSockets.
+        if self.response is not None and self.response.status_code == 101:
+            metrics.CONNECTIONS_CLOSED[metrics.closing_code(self)] += 1
+
+
+def factory(message_rate: float) -> Callable[..., Connection]:
+    """A ``create_connection`` factory for ``serve()``."""
+    return functools.partial(Connection, message_rate=message_rate)
