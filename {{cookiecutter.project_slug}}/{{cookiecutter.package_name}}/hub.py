@@ -211,34 +211,33 @@ class Hub:
         """Replay what each room missed while the broker was unsubscribed."""
         for room, since in list(self.last_ids.items()):
             replay = await self.broker.replay_shared(room, since)
-            members = self.members.get(room)
-            if not members:
-                continue  # everyone left meanwhile
-            if not replay.recovered:
-                logger.warning(
-                    "room %s may have missed messages: closing its %d members "
-                    "so that they resume",
-                    room,
-                    len(members),
-                )
-                told = list(members)
-                for connection in told:
-                    self.leave(connection, room)
-                closing = asyncio.gather(
-                    *(
-                        connection.close(CloseCode.SERVICE_RESTART, "resume")
-                        for connection in told
-                    ),
-                    return_exceptions=True,
-                )
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
+            if replay.recovered:
+                for frame in replay.frames:
+                    self.deliver(room, protocol.message_id(frame), frame)
+                if replay.frames:
+                    newest = protocol.message_id(replay.frames[-1])
+                    self.caught_up_to[room] = protocol.sequence(newest)
                 continue
-            for frame in replay.frames:
-                self.deliver(room, protocol.message_id(frame), frame)
-            if replay.frames:
-                newest = protocol.message_id(replay.frames[-1])
-                self.caught_up_to[room] = protocol.sequence(newest)
+            told = [*self.members.get(room, ()), *self.joining.get(room, ())]
+            if not told:
+                continue  # everyone left meanwhile
+            logger.warning(
+                "room %s may have missed messages: closing its %d members "
+                "so that they resume",
+                room,
+                len(told),
+            )
+            for connection in told:
+                self.leave(connection, room)
+            closing = asyncio.gather(
+                *(
+                    connection.close(CloseCode.SERVICE_RESTART, "resume")
+                    for connection in told
+                ),
+                return_exceptions=True,
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     def _deliver_to_joining(
         self,
