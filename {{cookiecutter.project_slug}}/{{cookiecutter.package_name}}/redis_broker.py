@@ -252,8 +252,9 @@ class RedisBroker(Broker):
         while True:
             try:
                 async with self.subscriber.pubsub() as pubsub:
-                    await pubsub.psubscribe(self.rooms_prefix + "*")
                     await pubsub.subscribe(self.heartbeat_channel)
+                    await pubsub.psubscribe(self.rooms_prefix + "*")
+                    await self._confirmed(pubsub)
                     self._found()
                     delay = FIRST_RETRY_DELAY
                     for callback in self._resubscribed:
@@ -267,6 +268,19 @@ class RedisBroker(Broker):
                 self._lost(None)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, LAST_RETRY_DELAY)
+
+    async def _confirmed(self, pubsub: redis.client.PubSub) -> None:
+        """Wait until Redis confirms the subscription to every room.
+
+        redis-py sends PSUBSCRIBE without waiting for the answer. Until it
+        comes, a message published is not heard here: catching up before
+        then could miss it. No room message can come before it.
+        """
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            while True:
+                event = await pubsub.get_message(timeout=REDIS_TIMEOUT)
+                if event is not None and event["type"] == "psubscribe":
+                    return
 
     async def _listen(self, pubsub: redis.client.PubSub) -> None:
         """Deliver room messages until the heartbeat stops coming back."""
