@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from cookiecutter.main import cookiecutter
+from websockets.sync.client import ClientConnection
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 SPEC: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
@@ -93,6 +95,60 @@ def app_environment(**extra: str) -> dict[str, str]:
         "HOST": "127.0.0.1",
         **extra,
     }
+
+
+# --- Wire protocol v1, as a client speaks it (PROTOCOL.md in a baked project) ---
+
+
+def chat_frame(text: str, client_id: str | None = None) -> str:
+    """A client's ``message`` frame: what a client sends to say ``text``."""
+    return json.dumps({"type": "message", "text": text, "client_id": client_id})
+
+
+def next_frame(client: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    """The next frame the server sent, decoded; every frame is a JSON object."""
+    frame = json.loads(client.recv(timeout=timeout))
+    assert isinstance(frame, dict) and "type" in frame, frame
+    return frame
+
+
+def hear(client: ClientConnection, timeout: float = 5) -> str:
+    """The text of the next ``message`` frame.
+
+    ``joined`` and ``ack`` frames on the way are skipped; an ``error`` frame,
+    or any other, fails the test. TimeoutError if none comes within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = next_frame(client, max(0.01, deadline - time.monotonic()))
+        if frame["type"] == "message":
+            return frame["text"]
+        assert frame["type"] in ("joined", "ack"), frame
+
+
+_client_ids = itertools.count()
+
+
+def echo(client: ClientConnection, text: str, timeout: float = 5) -> str:
+    """Say ``text``; return the text of the message that comes back to the sender.
+
+    It waits for the server's ``ack`` too, so nothing of this exchange is left
+    to read: in a room where no one else talks, the next frame is a new one.
+    """
+    client_id = f"test-{next(_client_ids)}"
+    client.send(chat_frame(text, client_id))
+    deadline = time.monotonic() + timeout
+    heard: str | None = None
+    acked = False
+    while heard is None or not acked:
+        frame = next_frame(client, max(0.01, deadline - time.monotonic()))
+        if frame["type"] == "message" and heard is None:
+            heard = frame["text"]
+        elif frame["type"] == "ack" and frame["client_id"] == client_id:
+            acked = True
+        else:
+            assert frame["type"] == "joined", frame
+    return heard
 
 
 @pytest.fixture(scope="session")

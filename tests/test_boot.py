@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 from conftest import (
     Started,
     app_environment,
+    echo,
     free_port,
     require_tool,
     running,
@@ -44,8 +45,7 @@ def test_honcho_start_serves_and_sigterm_closes_clients_with_1001(
     honcho_start: Started,
 ) -> None:
     with connect(honcho_start.ws_url()) as client:
-        client.send("hello")
-        assert client.recv(timeout=5) == "hello"
+        assert echo(client, "hello") == "hello"
 
         started = time.monotonic()
         honcho_start.process.send_signal(signal.SIGTERM)

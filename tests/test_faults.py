@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import Started
+from conftest import Started, chat_frame
 
 CLIENTS = 2000
 ROOMS = 200
@@ -30,24 +30,37 @@ def enough_file_descriptors() -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def chat_until_closed(client: ClientConnection, stop_sending: asyncio.Event) -> int | None:
-    """Send a message every 200 ms (well under the rate limit), read everything."""
+#: How every error frame starts, as the server encodes it: cheaper to spot
+#: than decoding each of the ~100,000 frames a second the clients receive.
+ERROR_FRAME = '{"type":"error"'
+
+
+async def chat_until_closed(
+    client: ClientConnection, stop_sending: asyncio.Event
+) -> tuple[int | None, int]:
+    """Send a message every 200 ms (well under the rate limit), read everything.
+
+    Return the close code and how many messages of the room were received.
+    """
+    tick = chat_frame("tick")
 
     async def send() -> None:
         while not stop_sending.is_set():
-            await client.send("tick")
+            await client.send(tick)
             await asyncio.sleep(0.2)
 
     sender = asyncio.create_task(send())
+    messages = 0
     try:
-        async for _ in client:
-            pass
+        async for frame in client:
+            assert isinstance(frame, str) and not frame.startswith(ERROR_FRAME), frame
+            messages += frame.startswith('{"type":"message"')
     except ConnectionClosed:
         pass
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
-    return client.close_code
+    return client.close_code, messages
 
 
 async def connect_all(url: str) -> list[ClientConnection]:
@@ -68,18 +81,19 @@ def test_sigterm_with_2000_busy_clients_closes_each_with_1001_and_exits_0(
 ) -> None:
     app = start_app(default_project, LOG_LEVEL="WARNING")
 
-    async def scenario() -> tuple[list[int | None], float]:
+    async def scenario() -> tuple[list[tuple[int | None, int]], float]:
         clients = await connect_all(f"ws://127.0.0.1:{app.port}")
         stop_sending = asyncio.Event()
         chats = [asyncio.create_task(chat_until_closed(c, stop_sending)) for c in clients]
         await asyncio.sleep(1)  # everyone is talking
         started = time.monotonic()
         app.process.send_signal(signal.SIGTERM)
-        codes = await asyncio.wait_for(asyncio.gather(*chats), timeout=60)
-        return codes, time.monotonic() - started
+        results = await asyncio.wait_for(asyncio.gather(*chats), timeout=60)
+        return results, time.monotonic() - started
 
-    codes, elapsed = asyncio.run(scenario())
-    assert codes == [1001] * CLIENTS
+    results, elapsed = asyncio.run(scenario())
+    assert [code for code, _ in results] == [1001] * CLIENTS
+    assert all(messages > 0 for _, messages in results)  # everyone was in a busy room
     assert app.process.wait(timeout=30) == 0
     assert "exiting anyway" not in app.log  # every handler returned within SHUTDOWN_TIMEOUT
     assert elapsed < 60

@@ -1,9 +1,10 @@
 """Hostile input against a baked, running app: exact answers, and service goes on.
 
 Each case sends something a scanner, a broken client or an attacker would,
-asserts the exact answer (HTTP status, close code, or "closed without an
-answer" as None), then checks that a well-behaved client still connects and
-chats, and that nothing was logged at ERROR.
+asserts the exact answer (HTTP status, close code, "closed without an
+answer" as None, or the error frame of wire protocol v1), then checks that a
+well-behaved client still connects and chats, and that nothing was logged at
+ERROR.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import rawws
-from conftest import Started, launch_app
+from conftest import Started, chat_frame, echo, hear, launch_app, next_frame
 
 LIMITS = {
     "MAX_MESSAGE_SIZE": "1024",
@@ -33,6 +34,7 @@ LIMITS = {
     "OPEN_TIMEOUT": "1",
     "ALLOWED_ORIGINS": "https://good.example",
     "MAX_MESSAGES_PER_SECOND": "20",
+    "MAX_TEXT_LENGTH": "100",
 }
 
 
@@ -48,8 +50,7 @@ def assert_still_serving(app: Started) -> None:
     while True:
         try:
             with connect(app.ws_url("/ws/check")) as client:
-                client.send("still here")
-                assert client.recv(timeout=5) == "still here"
+                assert echo(client, "still here") == "still here"
                 break
         except InvalidStatus as exc:
             # Connections a case dropped may take a moment to be freed.
@@ -137,7 +138,7 @@ def frames(*data: bytes) -> Callable[[int], int | None]:
 
 
 def burst(count: int) -> Callable[[int], int | None]:
-    return frames(*(rawws.frame(0x1, b"m") for _ in range(count)))
+    return frames(*(rawws.frame(0x1, chat_frame("m").encode()) for _ in range(count)))
 
 
 FRAME_CASES = [
@@ -170,6 +171,64 @@ def test_bad_frames_close_the_connection_with_the_exact_code(
     app: Started, case: Callable[[int], int | None], expected: int
 ) -> None:
     assert case(app.port) == expected
+    assert_still_serving(app)
+
+
+# --- Text frames the protocol refuses: an error frame, the connection stays open
+
+
+def refused(error: str, reason: str, client_id: str | None = None) -> dict[str, object]:
+    return {"type": "error", "error": error, "reason": reason, "client_id": client_id}
+
+
+ERROR_CASES = [
+    ("plain text", "hello", refused("invalid_json", "frame is not valid JSON")),
+    (
+        "truncated JSON",
+        '{"type":"message","text":"hi"',
+        refused("invalid_json", "frame is not valid JSON"),
+    ),
+    (
+        "JSON that is not an object",
+        '["message", "hi"]',
+        refused("not_an_object", "frame must be a JSON object"),
+    ),
+    (
+        "unknown type",
+        '{"type":"shout","client_id":"c-1"}',
+        refused("unknown_type", "unknown type: 'shout'", "c-1"),
+    ),
+    (
+        "text that is not a string",
+        '{"type":"message","text":42}',
+        refused("invalid_field", "text must be a string"),
+    ),
+    (
+        "text past MAX_TEXT_LENGTH",
+        chat_frame("x" * 101, "c-2"),
+        refused("text_too_long", "text is longer than 100 characters", "c-2"),
+    ),
+    (
+        "invalid client_id",
+        '{"type":"message","text":"hi","client_id":"a b"}',
+        refused("invalid_field", "client_id must be 1-64 letters, digits, '_', '.', ':' or '-'"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [(frame, expected) for _, frame, expected in ERROR_CASES],
+    ids=[name for name, _, _ in ERROR_CASES],
+)
+def test_unusable_text_frames_get_an_exact_error_frame_and_stay_connected(
+    app: Started, frame: str, expected: dict[str, object]
+) -> None:
+    with connect(app.ws_url("/ws/refused")) as client:
+        assert next_frame(client)["type"] == "joined"
+        client.send(frame)
+        assert next_frame(client) == expected
+        assert echo(client, "after the error") == "after the error"
     assert_still_serving(app)
 
 
@@ -280,6 +339,8 @@ def test_a_client_that_never_reads_is_dropped_before_memory_runs_away(
             MAX_MESSAGE_SIZE="65536",
             MAX_MESSAGES_PER_SECOND="100000",
             MAX_SEND_BUFFER=str(max_send_buffer),
+            MAX_TEXT_LENGTH="65536",
+            HISTORY_SIZE="0",  # the subject is the sleeper's backlog, not the history
         )
         sleeper = socket.socket()
         sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -293,8 +354,7 @@ def test_a_client_that_never_reads_is_dropped_before_memory_runs_away(
         sent = 0
         with connect(app.ws_url("/ws/flood"), max_size=None) as flooder:
             for _ in range(600):  # 36 MB for a client that reads nothing
-                flooder.send(chunk)
-                assert flooder.recv(timeout=10) == chunk  # the flooder keeps up
+                assert echo(flooder, chunk, timeout=10) == chunk  # the flooder keeps up
                 sent += len(chunk)
             app.wait_for(lambda: "unread" in app.log, "the sleeper dropped")
             grown = rss_kib(app.process.pid) - before
@@ -320,7 +380,7 @@ async def flood(url: str, count: int) -> int | None:
         reader = asyncio.create_task(read())
         with contextlib.suppress(ConnectionClosed):
             for _ in range(count):
-                await flooder.send("m")
+                await flooder.send(chat_frame("m"))
         await reader
     return flooder.close_code
 
@@ -338,7 +398,7 @@ def test_a_flooding_client_gets_no_more_than_its_burst_through(
             assert asyncio.run(flood(app.ws_url("/ws/watched"), 100)) == 1008
             received = 0
             with contextlib.suppress(TimeoutError):
-                while observer.recv(timeout=1):
+                while hear(observer, timeout=1):
                     received += 1
     assert 1 <= received <= 3
 

@@ -16,7 +16,7 @@ import pytest
 from packaging.requirements import Requirement
 from websockets.sync.client import connect
 
-from conftest import launch_app
+from conftest import echo, launch_app
 
 #: Platforms the requirement's marker is evaluated for, and whether uvloop
 #: should install there (it supports Linux and macOS on CPython only).
@@ -50,8 +50,7 @@ def test_boot_imports_only_what_serving_needs(
     with contextlib.ExitStack() as stack:
         app = launch_app(bake(use_redis=use_redis), tmp_path, stack, PYTHONPROFILEIMPORTTIME="1")
         with connect(app.ws_url()) as client:
-            client.send("hello")
-            assert client.recv(timeout=5) == "hello"
+            assert echo(client, "hello") == "hello"
         booted = imported(app.log)
         assert "uvloop" in booted
         assert not {"redis", "prometheus_client"} & booted

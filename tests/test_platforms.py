@@ -19,6 +19,7 @@ import platforms
 from conftest import (
     EVERY_TARGET,
     app_environment,
+    echo,
     free_port,
     package_of,
     require_tool,
@@ -281,8 +282,7 @@ def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
                 for i in range(CLIENTS)
             ]
             for client in clients:
-                client.send("before the deploy")
-                assert client.recv(timeout=5) == "before the deploy"
+                assert echo(client, "before the deploy") == "before the deploy"
 
             started = time.monotonic()
             if launch.signal_every_process:

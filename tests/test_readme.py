@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from conftest import TEMPLATE, free_port, running, wait_until_healthy
+from conftest import TEMPLATE, echo, free_port, running, wait_until_healthy
 from readme_commands import quick_start_commands
 
 
@@ -75,8 +75,7 @@ def test_the_generate_command_starts_a_project_under_honcho(tmp_path: Path) -> N
     with running(["bash", "-c", command], clone, env, log) as process:
         wait_until_healthy(process, port, log, deadline=300)
         with connect(f"ws://127.0.0.1:{port}/ws") as client:
-            client.send("it works")
-            assert client.recv(timeout=5) == "it works"
+            assert echo(client, "it works") == "it works"
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         process.wait(timeout=30)
     assert (clone / "build" / "my-websocket-app" / "Procfile").is_file()

@@ -26,6 +26,7 @@ from conftest import (
     IN_CI,
     TEMPLATE,
     free_port,
+    next_frame,
     package_of,
     require_tool,
     running,
@@ -125,6 +126,8 @@ def test_the_unit_stops_the_app_with_1001_and_exit_0(
             clients = [
                 stack.enter_context(connect(f"ws://127.0.0.1:{port}/ws/room{i}")) for i in range(3)
             ]
+            for client in clients:
+                assert next_frame(client)["type"] == "joined"
             process.send_signal(signal.SIGTERM)
             for client in clients:
                 with pytest.raises(ConnectionClosedOK):
