@@ -129,13 +129,15 @@ def hear(client: ClientConnection, timeout: float = 5) -> str:
 _client_ids = itertools.count()
 
 
-def echo(client: ClientConnection, text: str, timeout: float = 5) -> str:
+def echo(
+    client: ClientConnection, text: str, timeout: float = 5, client_id: str | None = None
+) -> str:
     """Say ``text``; return the text of the message that comes back to the sender.
 
     It waits for the server's ``ack`` too, so nothing of this exchange is left
     to read: in a room where no one else talks, the next frame is a new one.
     """
-    client_id = f"test-{next(_client_ids)}"
+    client_id = client_id or f"test-{next(_client_ids)}"
     client.send(chat_frame(text, client_id))
     deadline = time.monotonic() + timeout
     heard: str | None = None

@@ -169,20 +169,28 @@ def test_a_hung_redis_is_noticed_and_recovery_follows_on_its_own(
     assert_rooms_span(pair, within=5)
 
 
-def test_refused_publishes_fall_back_locally_and_do_not_stick(
-    pair: tuple[Started, Started], redis_server: RedisServer
+def test_refused_publishes_are_answered_unavailable_and_do_not_stick(
+    project: Path, pair: tuple[Started, Started], redis_server: RedisServer
 ) -> None:
     # Redis refuses PUBLISH (as a managed Redis over its limits would) while
-    # connections stay up: delivery goes on locally, and once PUBLISH is
-    # allowed again, rooms span both processes again by themselves.
+    # connections stay up: the script stores nothing, the sender is told to
+    # send again (no ack), and once PUBLISH is allowed again, the same frame
+    # is published once and rooms span both processes again by themselves.
+    a, _ = pair
     admin = redis.Redis(port=redis_server.port)
-    admin.execute_command("ACL", "SETUSER", "default", "-publish")
-    try:
-        for app in pair:
-            exchange_locally(app, "local while publish is refused")
-    finally:
-        admin.execute_command("ACL", "SETUSER", "default", "+publish")
-        admin.close()
+    with connect(a.ws_url("/ws/refused")) as sender:
+        assert next_frame(sender)["type"] == "joined"
+        admin.execute_command("ACL", "SETUSER", "default", "-publish")
+        try:
+            sender.send(chat_frame("refused", client_id="refused-1"))
+            answer = next_frame(sender)
+            assert answer["type"] == "error", answer
+            assert (answer["error"], answer["client_id"]) == ("unavailable", "refused-1")
+            assert admin.xlen(package_of(project) + ":{refused}:history") == 0
+        finally:
+            admin.execute_command("ACL", "SETUSER", "default", "+publish")
+        assert echo(sender, "refused", client_id="refused-1") == "refused"
+    admin.close()
     assert_rooms_span(pair, within=10)
 
 

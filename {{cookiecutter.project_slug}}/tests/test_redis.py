@@ -146,10 +146,11 @@ def test_losing_redis_keeps_local_delivery_and_resume_across_it_is_not_recovered
     redis_server.start()  # empty: Redis lost everything
     for app in (first, second):
         wait_connected(app, timeout=15)
-    with second.client(f"/ws/outage?since={during['id']}") as back:
-        assert back.joined["recovered"] is False
-    with first.client(f"/ws/outage?since={during['id']}") as back:
-        assert back.joined["recovered"] is True  # this process kept it
+    # Redis is back, and holds what other processes stored meanwhile: an
+    # in-memory id resumes nowhere.
+    for app in (first, second):
+        with app.client(f"/ws/outage?since={during['id']}") as back:
+            assert back.joined["recovered"] is False
     with first.client("/ws/outage") as alice, second.client("/ws/outage") as bob:
         alice.say("after")
         assert bob.hear_text() == "after"
@@ -245,3 +246,69 @@ def test_a_client_connected_while_redis_lost_its_data_is_told_to_resume(
         assert client.connection.close_code == 1012
     with app.client(f"/ws/amnesia?since={last}") as back:
         assert back.joined["recovered"] is False
+
+
+def test_an_id_too_large_for_redis_is_refused_without_tripping_publishes(
+    start_shared: Callable[..., App],
+) -> None:
+    first, second = start_shared(), start_shared()
+    with first.client("/ws/huge?since=99999999999999999999-0") as huge:
+        assert huge.joined["recovered"] is False
+    with first.client("/ws/huge") as alice, second.client("/ws/huge") as bob:
+        alice.say("still shared")
+        assert bob.hear_text() == "still shared"
+        assert "-" in alice.hear()["id"]  # stored in Redis, not in memory
+
+
+def test_a_message_redis_refuses_gets_unavailable_and_no_ack(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    app = start_shared()
+    store = redis.Redis(port=redis_server.port)
+    with app.client("/ws/full") as client:
+        store.config_set("maxmemory", "1")  # every write now fails with OOM
+        try:
+            client.say("no room", client_id="full-1")
+            error = client.error()
+        finally:
+            store.config_set("maxmemory", "0")
+        assert error["error"] == "unavailable"
+        assert error["client_id"] == "full-1"
+        assert "full-1" not in client.acks
+        client.say("no room", client_id="full-1")  # as the page does
+        assert client.hear_text() == "no room"
+        assert client.ack("full-1")
+
+
+def test_a_resumed_client_gets_no_duplicate_after_a_resubscription(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    sender_app, listener_app = start_shared(), start_shared()
+    store = redis.Redis(port=redis_server.port)
+    with sender_app.client("/ws/dup") as sender:
+        sender.say("m1")
+        since = sender.hear()["id"]
+        with listener_app.client(f"/ws/dup?since={since}") as listener:
+            assert listener.joined["recovered"] is True
+            sender.say("m2")
+            assert listener.hear_text() == "m2"
+            assert store.client_kill_filter(_type="pubsub") >= 2
+            listener_app.wait_for_log("broker connected", timeout=10)
+            sender.say("m3")
+            assert listener.hear_text(timeout=10) == "m3"
+            with pytest.raises(TimeoutError):
+                listener.hear(timeout=0.5)
+
+
+def test_a_client_that_joined_while_redis_was_down_is_told_to_resume(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    app = start_shared()
+    redis_server.kill()
+    app.wait_for_log("broker lost Redis", timeout=15)
+    with app.client("/ws/blind") as client:
+        assert client.joined["last_id"] is None  # history out of reach
+        redis_server.start()
+        with pytest.raises(ConnectionClosed):
+            client.hear(timeout=20)
+        assert client.connection.close_code == 1012

@@ -103,6 +103,7 @@ def test_the_server_alone_says_who_sent_a_message(app: App) -> None:
     [
         ("hello", "invalid_json"),
         ("{", "invalid_json"),
+        ("[" * 5000 + "]" * 5000, "invalid_json"),
         ("[1, 2]", "not_an_object"),
         ("42", "not_an_object"),
         ('"text"', "not_an_object"),
@@ -120,6 +121,7 @@ def test_the_server_alone_says_who_sent_a_message(app: App) -> None:
             "invalid_field",
         ),
         (json.dumps({"type": "message", "text": "x" * 2001}), "text_too_long"),
+        ('{"type": "message", "text": "\\ud800"}', "invalid_field"),
     ],
 )
 def test_a_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
@@ -133,6 +135,14 @@ def test_a_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
         client.say("still here")
         assert client.hear_text() == "still here"
     assert "Traceback" not in app.log and "ERROR" not in app.log
+
+
+def test_an_unknown_type_is_named_before_a_bad_client_id(app: App) -> None:
+    with app.client() as client:
+        client.send_frame({"type": "shout", "client_id": 5})
+        answer = client.error()
+        assert answer["error"] == "unknown_type"
+        assert answer["client_id"] is None
 
 
 def test_an_error_frame_names_the_client_id_when_it_can(app: App) -> None:
@@ -200,6 +210,23 @@ def test_resume_past_the_history_size_is_not_recovered(
     with app.client(f"/ws/short?since={ids[2]}") as back:
         assert back.joined["recovered"] is True
         assert [back.hear_text() for _ in range(2)] == ["m3", "m4"]
+
+
+def test_a_replay_too_big_for_the_send_buffer_is_not_recovered(
+    start_app: type[App],
+) -> None:
+    # Half of MAX_SEND_BUFFER may be replayed: here 32 KiB, 16 messages.
+    app = start_app(MAX_SEND_BUFFER="65536", MAX_MESSAGES_PER_SECOND="1000")
+    with app.client("/ws/big") as sender:
+        for n in range(20):
+            sender.say(f"{n:04} " + "x" * 1995)
+        ids = [sender.hear()["id"] for _ in range(20)]
+    with app.client(f"/ws/big?since={ids[0]}") as back:
+        assert back.joined["recovered"] is False
+        assert back.joined["last_id"] == ids[-1]
+    with app.client(f"/ws/big?since={ids[10]}") as back:
+        assert back.joined["recovered"] is True
+        assert len([back.hear() for _ in range(9)]) == 9
 
 
 def test_resume_after_the_history_expired_is_not_recovered(

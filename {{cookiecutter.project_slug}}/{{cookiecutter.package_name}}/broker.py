@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from . import protocol
 
-__all__ = ["Broker", "Deliver", "MemoryHistory", "Replay", "Stored"]
+__all__ = ["Broker", "Deliver", "MemoryHistory", "Replay", "Stored", "Unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,14 @@ Resubscribed = Callable[[], Awaitable[None]]
 
 #: Seconds between sweeps of expired rooms out of memory.
 SWEEP_INTERVAL = 10.0
+#: client_ids remembered per room in memory, at most: past it, the oldest
+#: are forgotten before HISTORY_TTL.
+MAX_CLIENT_IDS = 100_000
+
+
+class Unavailable(Exception):
+    """The message could not be stored, or may not have been: the client
+    should send it again, with the same client_id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,8 @@ class Replay:
     frames: list[str]
     #: The id of the newest message in the history, if any.
     last_id: str | None
+    #: False when the history could not be read at all.
+    available: bool = True
 
 
 @dataclass(slots=True)
@@ -97,7 +107,7 @@ class MemoryHistory:
         if client_id is not None:
             while state.client_ids:  # forget client_ids past their window
                 first = next(iter(state.client_ids.values()))
-                if first[1] > now and len(state.client_ids) <= 10 * self.size:
+                if first[1] > now and len(state.client_ids) <= MAX_CLIENT_IDS:
                     break
                 state.client_ids.popitem(last=False)
             known = state.client_ids.get(client_id)
@@ -180,7 +190,7 @@ class Broker:
 
         A ``client_id`` already published in the room within the history
         window is not stored nor delivered again: the first one's id is
-        returned.
+        returned. Raise :exc:`Unavailable` if the message may not be stored.
         """
         return self.publish_locally(room, tail, client_id)
 
@@ -192,7 +202,13 @@ class Broker:
 
     async def replay_shared(self, room: str, since: str | None) -> Replay:
         """The messages after ``since`` in the history every process shares;
-        with None, all of them. Used to catch up after a resubscription."""
+        with None, all of them.
+
+        Used to catch up after a resubscription; raises if the history
+        cannot be read, so that the broker subscribes and catches up again.
+        """
+        if since is None:
+            return Replay(True, [], self.local_history.last_id(room))
         return await self.replay(room, since)
 
     def publish_locally(self, room: str, tail: str, client_id: str | None) -> Stored:

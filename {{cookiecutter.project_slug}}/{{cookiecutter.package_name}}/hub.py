@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 
 from . import fanout, metrics, protocol
-from .broker import Broker, Replay
+from .broker import Broker, Replay, Unavailable
 from .rooms import Chat
 
 __all__ = ["DEFAULT_ROOM", "Hub", "room_for", "since_for"]
@@ -50,6 +50,10 @@ ROOM_PATH = re.compile(r"/ws(?:/(?P<room>[A-Za-z0-9_-]{1,64}))?")
 
 #: Longer ``since`` values name no message: they get ``recovered: false``.
 MAX_SINCE_LENGTH = 64
+
+#: In ``Hub.last_ids``: the room's history could not be read when its first
+#: member joined, so nothing tells what its members have seen.
+UNKNOWN = "?"
 
 
 def room_for(path: str) -> str | None:
@@ -79,16 +83,26 @@ class _Joining:
 class Hub:
     """Every room of this process, each client's frames, and the broker."""
 
-    def __init__(self, broker: Broker, chat: Chat, *, max_text_length: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        chat: Chat,
+        *,
+        max_text_length: int,
+        max_replay_bytes: int = 2**19,
+    ) -> None:
         self.broker = broker
         self.chat = chat
         self.max_text_length = max_text_length
+        #: A replay larger than this is refused (``recovered: false``): it
+        #: would not fit the client's send buffer (see MAX_SEND_BUFFER).
+        self.max_replay_bytes = max_replay_bytes
         #: Live members connected to this process, by room.
         self.members: dict[str, set[ServerConnection]] = {}
         #: Members still joining, by room.
         self.joining: dict[str, dict[ServerConnection, _Joining]] = {}
-        #: The newest message delivered, by room with live members; None
-        #: when the room's history was empty when they joined.
+        #: The newest message delivered, by room with members; None when
+        #: the room's history was empty when they joined, or UNKNOWN.
         self.last_ids: dict[str, str | None] = {}
         #: Close handshakes in progress, started by catch_up().
         self._closing: set[asyncio.Future[object]] = set()
@@ -137,6 +151,10 @@ class Hub:
             replay = Replay(False, [], None)
         else:
             replay = await self.broker.replay(room, since)
+        if self.joining.get(room, {}).get(connection) is not joining:
+            return  # closed by catch_up() meanwhile
+        if replay.recovered and self._too_big(replay.frames):
+            replay = Replay(False, [], replay.last_id)
         # From here on nothing awaits: no message can slip in between.
         frames = [protocol.joined_frame(room, replay.recovered, replay.last_id)]
         frames += replay.frames
@@ -156,8 +174,11 @@ class Hub:
             fanout.broadcast([connection], frame)
         metrics.MESSAGES_DELIVERED.inc(len(frames) - 1)
         if room not in self.last_ids:
-            newest = protocol.message_id(frames[-1]) if len(frames) > 1 else None
-            self.last_ids[room] = newest or replay.last_id
+            if not replay.available:
+                self.last_ids[room] = UNKNOWN
+            else:
+                newest = protocol.message_id(frames[-1]) if len(frames) > 1 else None
+                self.last_ids[room] = newest or replay.last_id
         if caught_up:
             self._go_live(connection, room)
         else:
@@ -178,7 +199,16 @@ class Hub:
             fanout.broadcast([connection], protocol.error_frame(error))
             return
         tail = protocol.message_tail(room, None, text)
-        stored = await self.broker.publish(room, tail, send.client_id)
+        try:
+            stored = await self.broker.publish(room, tail, send.client_id)
+        except Unavailable:
+            error = protocol.FrameError(
+                "unavailable",
+                "the message could not be stored: send it again",
+                send.client_id,
+            )
+            fanout.broadcast([connection], protocol.error_frame(error))
+            return
         fanout.broadcast([connection], protocol.ack_frame(send.client_id, stored.id))
 
     def leave(self, connection: ServerConnection, room: str) -> None:
@@ -199,18 +229,25 @@ class Hub:
                 return  # catch_up() replayed it already
             del self.caught_up_to[room]
         members = self.members.get(room)
-        if members:
+        joining = self.joining.get(room)
+        if members or joining:
             self.last_ids[room] = message_id
+        if members:
             # Like websockets' broadcast(), but much cheaper in a busy room.
             metrics.MESSAGES_DELIVERED.inc(fanout.broadcast(members, frame))
-        joining = self.joining.get(room)
         if joining:
             self._deliver_to_joining(room, joining, message_id, frame)
 
     async def catch_up(self) -> None:
         """Replay what each room missed while the broker was unsubscribed."""
         for room, since in list(self.last_ids.items()):
-            replay = await self.broker.replay_shared(room, since)
+            if since == UNKNOWN:
+                replay = Replay(False, [], None)
+            else:
+                # None: the history was empty, everything in it is new.
+                # Raises if Redis fails again: the broker resubscribes and
+                # calls again, rather than every room being closed.
+                replay = await self.broker.replay_shared(room, since)
             if replay.recovered:
                 for frame in replay.frames:
                     self.deliver(room, protocol.message_id(frame), frame)
@@ -254,6 +291,14 @@ class Hub:
                 self._go_live(connection, room)
             elif protocol.sequence(message_id) == state.replayed_up_to:
                 self._go_live(connection, room)  # the last replayed one, live
+
+    def _too_big(self, frames: list[str]) -> bool:
+        size = 0
+        for frame in frames:
+            size += len(frame.encode())
+            if size > self.max_replay_bytes:
+                return True
+        return False
 
     @staticmethod
     def _after(message_id: str, replayed_up_to: tuple[str, int, int] | None) -> bool:

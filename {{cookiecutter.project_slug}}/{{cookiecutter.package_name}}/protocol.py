@@ -46,6 +46,8 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 ID_FORMS = re.compile(
     r"(?:(?P<milliseconds>[0-9]{1,20})-|(?P<epoch>[0-9a-f]{1,16}):)(?P<number>[0-9]{1,20})"
 )
+#: Redis Stream ids are two unsigned 64-bit integers.
+MAX_ID_PART = 2**64 - 1
 
 #: Every message frame starts with these characters, then its id and '"'.
 #: Redis builds frames from it too (see redis_broker.py), and message_id()
@@ -61,7 +63,7 @@ class FrameError(Exception):
     def __init__(self, error: str, reason: str, client_id: str | None = None) -> None:
         super().__init__(reason)
         #: One of: invalid_json, not_an_object, unknown_type, invalid_field,
-        #: text_too_long, rejected.
+        #: text_too_long, rejected, unavailable.
         self.error = error
         self.reason = reason
         self.client_id = client_id
@@ -84,21 +86,22 @@ def parse(frame: str, *, max_text_length: int) -> Send:
     """
     try:
         data = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[...]]]]
         raise FrameError("invalid_json", "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise FrameError("not_an_object", "frame must be a JSON object")
-    client_id = data.get("client_id")
-    if client_id is not None and not (
-        isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
-    ):
+    raw_id = data.get("client_id")
+    # Answers name the client_id only when it is one.
+    valid = isinstance(raw_id, str) and CLIENT_ID.fullmatch(raw_id) is not None
+    client_id: str | None = raw_id if valid else None
+    kind = data.get("type")
+    if kind != "message":
+        raise FrameError("unknown_type", f"unknown type: {kind!r:.40}", client_id)
+    if raw_id is not None and not valid:
         raise FrameError(
             "invalid_field",
             "client_id must be 1-64 letters, digits, '_', '.', ':' or '-'",
         )
-    kind = data.get("type")
-    if kind != "message":
-        raise FrameError("unknown_type", f"unknown type: {kind!r:.40}", client_id)
     text = data.get("text")
     if not isinstance(text, str):
         raise FrameError("invalid_field", "text must be a string", client_id)
@@ -108,6 +111,13 @@ def parse(frame: str, *, max_text_length: int) -> Send:
             f"text is longer than {max_text_length} characters",
             client_id,
         )
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate, such as "\ud800"
+            raise FrameError(
+                "invalid_field", "text must be valid Unicode", client_id
+            ) from None
     return Send(text, client_id)
 
 
@@ -165,8 +175,11 @@ def sequence(message_id: str) -> tuple[str, int, int] | None:
     Return None for anything else.
     """
     match = ID_FORMS.fullmatch(message_id)
-    if match is None:
+    if match is None or int(match["number"]) > MAX_ID_PART:
         return None
     if match["epoch"] is None:
-        return ("", int(match["milliseconds"]), int(match["number"]))
+        milliseconds = int(match["milliseconds"])
+        if milliseconds > MAX_ID_PART:
+            return None
+        return ("", milliseconds, int(match["number"]))
     return (match["epoch"], 0, int(match["number"]))

@@ -28,19 +28,21 @@ of its own and expects to hear it back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from . import protocol
-from .broker import Broker, Replay, Stored
+from .broker import Broker, Replay, Stored, Unavailable
 
 __all__ = ["RedisBroker"]
 
@@ -58,13 +60,20 @@ REDIS_TIMEOUT = 5.0
 HEARTBEAT_INTERVAL = 2.0
 #: Seconds between attempts to publish to Redis once publishing failed.
 PUBLISH_RETRY_INTERVAL = 1.0
+#: Seconds a command may take while the subscriber has lost Redis.
+DISCONNECTED_TIMEOUT = 0.5
 
 FAILURES = (RedisError, OSError)
+#: Failures that say Redis is out of reach, as opposed to an error reply.
+UNREACHABLE = (ConnectionError, TimeoutError, OSError)
 
 #: KEYS: the room's Stream, the client_id's key. ARGV: the room's channel,
 #: HISTORY_SIZE, the trimming operator, HISTORY_TTL in milliseconds, the
 #: message's tail (see protocol.message_tail), protocol.MESSAGE_PREFIX.
 #: Returns the message's id, and 1 if its client_id was seen before.
+#: Redis doesn't roll a script back when a command fails: if recording the
+#: client_id or publishing is refused (out of memory, an ACL), the script
+#: removes what it added, so that a message is never stored unpublished.
 STORE_AND_PUBLISH = """
 local first = redis.call('GET', KEYS[2])
 if first then
@@ -72,8 +81,17 @@ if first then
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[2], '*', 't', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('SET', KEYS[2], id, 'PX', ARGV[4])
-redis.call('PUBLISH', ARGV[1], ARGV[6] .. id .. '",' .. ARGV[5])
+local result = redis.pcall('SET', KEYS[2], id, 'PX', ARGV[4])
+if type(result) == 'table' and result.err then
+  redis.call('XDEL', KEYS[1], id)
+  return result
+end
+result = redis.pcall('PUBLISH', ARGV[1], ARGV[6] .. id .. '",' .. ARGV[5])
+if type(result) == 'table' and result.err then
+  redis.call('XDEL', KEYS[1], id)
+  redis.call('DEL', KEYS[2])
+  return result
+end
 return {id, 0}
 """
 
@@ -124,6 +142,8 @@ class RedisBroker(Broker):
         self.status = "connecting"
         self.publish_failing = False
         self.publish_failed_at = 0.0
+        #: Set while one command tries Redis again after a failure.
+        self.probing = False
         self.ready = asyncio.Event()
 
     def history_key(self, room: str) -> str:
@@ -136,53 +156,87 @@ class RedisBroker(Broker):
         return self.rooms_prefix + hash_tag(room)
 
     async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
-        # Whatever the subscriber's state: a message stored while it is away
-        # reaches this process's members when it has caught up. After a
-        # failure, try again at most every PUBLISH_RETRY_INTERVAL, so that a
-        # Redis that hangs doesn't hold up every message.
+        """Store and publish through Redis; while the subscriber is away from
+        it, keep the message in this process if Redis can't take it.
+
+        Redis is tried whatever the subscriber's state: a message stored
+        while the subscriber reconnects reaches this process's members when
+        it has caught up. While the subscriber is connected, a failure is
+        ambiguous (the script may have run), so the message is not kept
+        here too: :exc:`Unavailable` tells the client to send it again, and
+        its client_id makes that safe.
+        """
         if self._worth_trying():
             try:
-                message_id, duplicate = await self.store_and_publish(
-                    keys=[
-                        self.history_key(room),
-                        # Without a client_id of its own, a message gets one
-                        # anyway: redis-py retries a command once after a
-                        # connection error, and the retry must not store the
-                        # message twice.
-                        self.client_key(room, client_id or uuid.uuid4().hex),
-                    ],
-                    args=[
-                        self.channel(room),
-                        self.history_size,
-                        "~" if self.history_size else "=",
-                        self.history_ttl_ms,
-                        tail,
-                        protocol.MESSAGE_PREFIX,
-                    ],
-                )
-            except FAILURES as exc:
-                # This message only: keep it here. If Redis is really gone,
-                # the subscriber notices and reports it.
-                self._failed(exc)
+                async with self._attempt():
+                    message_id, duplicate = await self.store_and_publish(
+                        keys=[
+                            self.history_key(room),
+                            # Without a client_id of its own, a message gets
+                            # one anyway: redis-py retries a command once
+                            # after a connection error, and the retry must
+                            # not store the message twice.
+                            self.client_key(room, client_id or uuid.uuid4().hex),
+                        ],
+                        args=[
+                            self.channel(room),
+                            self.history_size,
+                            "~" if self.history_size else "=",
+                            self.history_ttl_ms,
+                            tail,
+                            protocol.MESSAGE_PREFIX,
+                        ],
+                    )
+            except UNREACHABLE as exc:
+                if self.status == "connected":
+                    raise Unavailable(str(exc)) from None
+            except RedisError as exc:  # an error reply: out of memory, say
+                logger.warning("Redis refused a message: %s", exc)
+                raise Unavailable(str(exc)) from None
             else:
-                self._worked()
                 return Stored(message_id, duplicate=bool(duplicate))
+        elif self.status == "connected":
+            raise Unavailable("Redis failed a moment ago")
         return self.publish_locally(room, tail, client_id)
+
+    @contextlib.asynccontextmanager
+    async def _attempt(self) -> AsyncIterator[None]:
+        """Track whether Redis answers; one attempt at a time once it failed.
+
+        While the subscriber is away from Redis, give up after a moment: a
+        Redis that only blinked answers at once, and one that hangs must not
+        hold up this message or this join for REDIS_TIMEOUT.
+        """
+        probe = self.publish_failing
+        self.probing = self.probing or probe
+        patience = None if self.status == "connected" else DISCONNECTED_TIMEOUT
+        try:
+            async with asyncio.timeout(patience):
+                yield
+        except UNREACHABLE as exc:
+            self._failed(exc)
+            raise
+        else:
+            self._worked()
+        finally:
+            if probe:
+                self.probing = False
 
     def _worth_trying(self) -> bool:
         """Whether to send commands to Redis: after a failure, only every
         PUBLISH_RETRY_INTERVAL, so that a Redis that hangs doesn't hold up
         every message for REDIS_TIMEOUT."""
-        return (
-            not self.publish_failing
-            or time.monotonic() - self.publish_failed_at >= PUBLISH_RETRY_INTERVAL
-        )
+        if not self.publish_failing:
+            return True
+        if self.probing:
+            return False  # another command is finding out
+        return time.monotonic() - self.publish_failed_at >= PUBLISH_RETRY_INTERVAL
 
     def _failed(self, exc: BaseException) -> None:
         self.publish_failed_at = time.monotonic()
         if not self.publish_failing:
             self.publish_failing = True
-            logger.warning("Redis command failed (%s): keeping messages local", exc)
+            logger.warning("Redis command failed: %s", exc)
 
     def _worked(self) -> None:
         if self.publish_failing:
@@ -199,42 +253,55 @@ class RedisBroker(Broker):
 
     async def replay_shared(self, room: str, since: str | None) -> Replay:
         if since is None:
-            try:
+            async with self._attempt():
                 entries = await self.redis.xrange(self.history_key(room))
-            except FAILURES as exc:
-                self._failed(exc)
-                return Replay(False, [], None)
             frames = [protocol.message_frame(i, fields["t"]) for i, fields in entries]
             return Replay(True, frames, entries[-1][0] if entries else None)
         if ":" in since:  # an in-memory id: Redis never had it
             return Replay(False, [], None)
-        return await self.replay(room, since)
+        replay = await self._read(room, since)
+        if replay is None:
+            raise ConnectionError("history unavailable")
+        return replay
 
     async def replay(self, room: str, since: str | None) -> Replay:
-        local = since is not None and ":" in since
-        if local:
-            # An in-memory id: given by this process while Redis was away.
+        if since is not None and ":" in since and self.status != "connected":
+            # An in-memory id, given by this process while Redis was away,
+            # which it still is. Once it is back, Redis holds what other
+            # processes stored meanwhile, which no in-memory id can resume.
             replay = self.local_history.replay(room, since)
             if replay.recovered:
                 return replay
+        replay = await self._read(room, since)
+        if replay is None:
+            return Replay(None if since is None else False, [], None, available=False)
+        return replay
+
+    async def _read(self, room: str, since: str | None) -> Replay | None:
+        """Read the room's Stream after ``since``; None if Redis can't."""
         if not self._worth_trying():
-            return Replay(None if since is None else False, [], None)
+            return None
         key = self.history_key(room)
+        known = since is not None and ":" not in since
         try:
-            if since is None or local:
-                newest = await self.redis.xrevrange(key, count=1)
-                return Replay(since and False, [], newest[0][0] if newest else None)
-            if protocol.sequence(since) is None:
-                return Replay(False, [], None)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xrange(key, since, since)
-                pipe.xrange(key, f"({since}")
-                pipe.xrevrange(key, count=1)
-                found, after, newest = await pipe.execute()
-        except FAILURES as exc:
-            self._failed(exc)
-            return Replay(None if since is None else False, [], None)
-        self._worked()
+            async with self._attempt():
+                if not known:
+                    newest = await self.redis.xrevrange(key, count=1)
+                    last_id = newest[0][0] if newest else None
+                    return Replay(None if since is None else False, [], last_id)
+                if protocol.sequence(since) is None:
+                    return Replay(False, [], None)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xrange(key, since, since)
+                    pipe.xrange(key, f"({since}")
+                    pipe.xrevrange(key, count=1)
+                    found, after, newest = await pipe.execute()
+        except RedisError as exc:
+            if not isinstance(exc, UNREACHABLE):
+                logger.warning("Redis refused to read history: %s", exc)
+            return None
+        except OSError:
+            return None
         last_id = newest[0][0] if newest else None
         # Streams are trimmed from the oldest entry on: while ``since`` is
         # still there, so is everything after it.
@@ -266,6 +333,7 @@ class RedisBroker(Broker):
                 # A bug, say in a subscriber: log it, but keep fan-out alive.
                 logger.exception("broker failed: resubscribing")
                 self._lost(None)
+            self.local_history.sweep()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, LAST_RETRY_DELAY)
 
@@ -302,6 +370,8 @@ class RedisBroker(Broker):
             if event["type"] == "pmessage":
                 room = event["channel"][len(self.rooms_prefix) + 1 : -1]
                 frame = event["data"]
+                if not frame.startswith(protocol.MESSAGE_PREFIX):
+                    continue  # not ours: someone else uses the prefix
                 self.deliver_locally(room, protocol.message_id(frame), frame)
             elif event["channel"] == self.heartbeat_channel:
                 heard = loop.time()

@@ -58,7 +58,13 @@ async def run(config: Config) -> None:
     )
     raise_open_files_limit()
     broker = create_broker(config)
-    hub = Hub(broker, Chat(), max_text_length=config.max_text_length)
+    hub = Hub(
+        broker,
+        Chat(),
+        max_text_length=config.max_text_length,
+        # Half the send buffer: what is left holds the messages that follow.
+        max_replay_bytes=config.max_send_buffer // 2,
+    )
     counter = metrics.ConnectionCounter()
     routes = Routes(
         hub.accepts,
