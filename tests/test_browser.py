@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
 from websockets.sync.client import connect
 
@@ -217,6 +218,29 @@ def test_a_message_whose_ack_was_lost_is_sent_again_and_shown_once(
         assert [frame["text"] for frame in received] == ["sent twice, stored once", "next"]
     assert len(connections) == 2
     assert connections[1].url.endswith("?since=" + shown_ids(page)[0].replace(":", "%3A"))
+
+
+def test_a_message_redis_refused_is_sent_again_until_stored(
+    browser: Browser,
+    default_project: Path,
+    start_app: Callable[..., Started],
+    redis_server: RedisServer,
+) -> None:
+    app = start_app(default_project, REDIS_URL=redis_server.url)
+    page = open_chat(browser, http_url(app), "refused")
+    admin = redis.Redis(port=redis_server.port)
+    admin.execute_command("ACL", "SETUSER", "default", "-publish")
+    try:
+        say(page, "refused at first")
+        expect(page.locator("#state")).to_contain_text("unavailable")
+        page.wait_for_timeout(1500)  # at least one attempt again, refused too
+        assert shown(page) == []
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+publish")
+        admin.close()
+    expect(page.locator("#messages li")).to_have_text(["refused at first"])
+    page.wait_for_timeout(1500)  # time enough for a repeat to show up
+    assert shown(page) == ["refused at first"]
 
 
 def test_a_gap_that_history_cannot_cover_shows_the_notice(
