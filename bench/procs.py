@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "ServerProcess",
     "free_port",
     "pinning",
+    "redis_server",
     "rss_kib",
     "started_client",
 ]
@@ -214,3 +215,38 @@ async def started_client() -> AsyncIterator[ClientProcess]:
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), 10)
+
+
+@contextlib.contextmanager
+def redis_server(*, pin: bool) -> Iterator[int]:
+    """A throw-away redis-server on a free port, no persistence; yields the port.
+
+    With ``pin``, it runs on the server's CPU (when pinning at all): run.py
+    keeps the other one for the load client.
+    """
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if pin and pinning():
+        os.sched_setaffinity(process.pid, {SERVER_CPU})
+    try:
+        yield port
+    finally:
+        process.kill()
+        process.wait()

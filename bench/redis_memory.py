@@ -31,16 +31,13 @@ import json
 import multiprocessing
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from procs import ALLOWED_CPUS, SERVER_CPU, free_port, pinning
+from procs import ALLOWED_CPUS, redis_server
 from redis.exceptions import RedisError
 from targets import bake
 
@@ -57,37 +54,6 @@ CONCURRENCY = 32
 
 #: What redis-server not listening yet looks like.
 FAILURES = (OSError, RedisError)
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[int]:
-    """A throw-away redis-server on a free port, no persistence; yields the port."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            executable,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    if pinning():  # the server's CPU: run.py keeps the other one for itself
-        os.sched_setaffinity(process.pid, {SERVER_CPU})
-    try:
-        yield port
-    finally:
-        process.kill()
-        process.wait()
 
 
 async def used_memory(client: Any) -> int:
@@ -256,7 +222,7 @@ async def measure(
     project: Path, package: str, rooms: int, messages: int, **options: Any
 ) -> dict[str, Any]:
     """:func:`fill` on a fresh redis-server of its own."""
-    with redis_server() as port:
+    with redis_server(pin=True) as port:
         return await fill(project, package, port, rooms, messages, **options)
 
 

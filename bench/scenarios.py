@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from procs import ClientProcess, ServerProcess, free_port, rss_kib, started_client
+from procs import ClientProcess, ServerProcess, redis_server, rss_kib, started_client
 from targets import Target
 
 __all__ = ["Settings", "measure"]
@@ -166,41 +164,21 @@ async def group_latency(client: ClientProcess, group: str, settings: Settings) -
 async def redis_crowd_latency(target: Target, settings: Settings, log: Path) -> float:
     """Like crowd_latency, with the room's clients split over two processes
     that share it through a real redis-server, as on a scaled-out platform."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        [
-            executable,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {**target.env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}"}
-    servers = [ServerProcess(target.argv, env, target.cwd, log) for _ in range(2)]
-    try:
-        for server in servers:
-            await server.wait_healthy()
-            await server.wait_for_health_body(b"broker: connected")
-        async with started_client() as client:
-            half = settings.latency_clients // 2
+    with redis_server(pin=False) as redis_port:
+        env = {**target.env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}"}
+        servers = [ServerProcess(target.argv, env, target.cwd, log) for _ in range(2)]
+        try:
             for server in servers:
-                await open_group(client, server, "shared", "/ws/crowd", half, rooms=1)
-            return await group_latency(client, "shared", settings)
-    finally:
-        for server in servers:
-            server.kill()
-        redis.kill()
-        redis.wait()
+                await server.wait_healthy()
+                await server.wait_for_health_body(b"broker: connected")
+            async with started_client() as client:
+                half = settings.latency_clients // 2
+                for server in servers:
+                    await open_group(client, server, "shared", "/ws/crowd", half, rooms=1)
+                return await group_latency(client, "shared", settings)
+        finally:
+            for server in servers:
+                server.kill()
 
 
 async def idle_then_sigterm(target: Target, settings: Settings, log: Path) -> dict[str, Any]:

@@ -23,6 +23,18 @@ import pytest
 from cookiecutter.main import cookiecutter
 from websockets.sync.client import ClientConnection
 
+#: Debian's Chromium, headless, as root, on a machine with no network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # No network here: keep Chromium from trying to reach one.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 TEMPLATE = Path(__file__).resolve().parents[1]
 SPEC: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 IN_CI = os.environ.get("CI", "").lower() == "true"  # .ci/run sets CI=true

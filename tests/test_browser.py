@@ -15,21 +15,11 @@ import redis
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
 from websockets.sync.client import connect
 
-from conftest import RedisServer, Started, require_tool
+from conftest import CHROMIUM_ARGS, RedisServer, Started, require_tool
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 #: The README promises this size budget for the page.
 PAGE_BUDGET_BYTES = 6 * 1024
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # This machine has no network: keep Chromium from trying to reach one.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Milliseconds a page has to come back after a restart. The first retry
 #: after a clean close comes within 1 s; failed ones double from there.
 RECONNECT_MS = 30_000

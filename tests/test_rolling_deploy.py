@@ -28,20 +28,19 @@ from playwright.sync_api import Browser, Page, WebSocket, expect, sync_playwrigh
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from conftest import RedisServer, Started, free_port, http_request, require_tool, running
+from conftest import (
+    CHROMIUM_ARGS,
+    RedisServer,
+    Started,
+    free_port,
+    http_request,
+    require_tool,
+    running,
+)
 
 ROOM = "deploy"
 #: Messages per second from the sender, well under the per-client limit.
 RATE = 10.0
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HAPROXY_CONFIG = """\
 global
     maxconn 1000
