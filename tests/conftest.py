@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from cookiecutter.main import cookiecutter
 from websockets.sync.client import ClientConnection
@@ -139,6 +140,14 @@ def hear(client: ClientConnection, timeout: float = 5) -> str:
 
 
 _client_ids = itertools.count()
+
+
+def bearer_headers(secret: str | None) -> dict[str, str]:
+    """An ``Authorization`` header with a token signed by ``secret``, if any."""
+    if secret is None:
+        return {}
+    token = jwt.encode({"sub": "tests", "exp": time.time() + 600}, secret, algorithm="HS256")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def echo(

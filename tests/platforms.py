@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import secrets
 import shlex
 import signal
 import tomllib
@@ -106,8 +107,16 @@ def app_json(project: Path) -> dict[str, Any]:
     return json.loads((project / "app.json").read_text())
 
 
+def generated() -> str:
+    """A value as the platforms generate one (Heroku: 64 hex digits)."""
+    return secrets.token_hex(32)
+
+
 def heroku(project: Path, port: int) -> Launch:
-    config_vars = {name: spec["value"] for name, spec in app_json(project)["env"].items()}
+    config_vars = {
+        name: generated() if spec.get("generator") == "secret" else spec["value"]
+        for name, spec in app_json(project)["env"].items()
+    }
     return Launch(
         platform="heroku",
         argv=["bash", "-c", procfile_web(project)],
@@ -139,7 +148,9 @@ def fly(project: Path, port: int | None = None) -> Launch:
 
 def render(project: Path, port: int | None = None) -> Launch:
     service = render_service(project)
-    env = {var["key"]: var["value"] for var in service.get("envVars", []) if "value" in var}
+    variables = service.get("envVars", [])
+    env = {var["key"]: var["value"] for var in variables if "value" in var}
+    env |= {var["key"]: generated() for var in variables if var.get("generateValue")}
     env["PORT"] = str(RENDER_DEFAULT_PORT if port is None else port)
     return Launch(
         platform="render",

@@ -19,6 +19,7 @@ import platforms
 from conftest import (
     EVERY_TARGET,
     app_environment,
+    bearer_headers,
     echo,
     free_port,
     package_of,
@@ -276,9 +277,13 @@ def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
             method, path = launch.health
             wait_until_healthy(process, launch.port, log, path=path, method=method)
 
+        # Where the platform generates JWT_SECRET, clients need a token.
+        headers = bearer_headers(launch.env.get("JWT_SECRET"))
         with contextlib.ExitStack() as stack:
             clients = [
-                stack.enter_context(connect(f"ws://127.0.0.1:{launch.port}/ws/room{i}"))
+                stack.enter_context(
+                    connect(f"ws://127.0.0.1:{launch.port}/ws/room{i}", additional_headers=headers)
+                )
                 for i in range(CLIENTS)
             ]
             for client in clients:

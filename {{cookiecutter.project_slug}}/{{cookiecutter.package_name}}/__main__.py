@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 
+from .auth import RedactSecrets
 from .config import Config, ConfigError
 from .server import SHUTDOWN_SIGNALS, event_loop_factory, run
 
@@ -29,6 +30,8 @@ def main() -> int:
         level=config.log_level,
         format=f"%(levelname)s {worker}%(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets(config.jwt_secret))
     if config.web_concurrency > 1 and config.worker_id is None:
 {%- if cookiecutter.use_redis %}
         if config.redis_url is not None:

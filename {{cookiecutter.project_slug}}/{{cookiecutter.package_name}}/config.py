@@ -78,6 +78,17 @@ class Config:
     history_ttl: float
     #: Characters allowed in one message's text.
     max_text_length: int
+    #: HS256 tokens signed with this secret are trusted; never logged.
+    jwt_secret: str | None = dataclasses.field(repr=False)
+    #: RS256/ES256 tokens signed with the keys published here are trusted.
+    jwks_url: str | None
+    #: The ``aud`` and ``iss`` tokens must carry, if set.
+    jwt_audience: str | None
+    jwt_issuer: str | None
+    #: Seconds of clock difference allowed on ``exp`` and ``nbf``.
+    jwt_leeway: float
+    #: Seconds between refreshes of the JWKS that an unknown ``kid`` forces.
+    jwks_min_refresh: float
 {%- if cookiecutter.use_redis %}
     #: Redis shared by every process; ``None`` keeps rooms process-local.
     redis_url: str | None
@@ -127,6 +138,7 @@ class Config:
             max_text_length=_read_int(
                 environ, "MAX_TEXT_LENGTH", default=2000, low=1, high=2**20
             ),
+            **_read_auth(environ),
 {%- if cookiecutter.use_redis %}
             redis_url=_read_redis_url(environ, "REDIS_URL"),
             redis_ssl_cert_reqs=_read_choice(
@@ -201,6 +213,35 @@ def _read_event_loop(environ: Mapping[str, str], name: str) -> str:
     if value == "uvloop" and not installed:
         raise ConfigError(f"{name}='uvloop' but the uvloop package is not installed")
     return value
+
+
+def _read_auth(environ: Mapping[str, str]) -> dict[str, object]:
+    secret = environ.get("JWT_SECRET", "").strip() or None
+    jwks_url = environ.get("JWKS_URL", "").strip() or None
+    if secret is not None and jwks_url is not None:
+        raise ConfigError("JWT_SECRET and JWKS_URL are both set: set one of them")
+    if secret is not None and len(secret) < 32:
+        # HS256 keys shorter than its 256-bit hash can be guessed offline.
+        raise ConfigError("JWT_SECRET must be at least 32 characters long")
+    if jwks_url is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", jwks_url):
+        raise ConfigError("JWKS_URL must be an http:// or https:// URL")
+    raw_leeway = environ.get("JWT_LEEWAY", "").strip()
+    leeway = 0.0
+    if raw_leeway:
+        try:
+            leeway = float(raw_leeway)
+        except ValueError:
+            raise ConfigError(f"JWT_LEEWAY={raw_leeway!r} is not a number") from None
+        if not 0 <= leeway <= 3600:
+            raise ConfigError(f"JWT_LEEWAY={raw_leeway!r} must be between 0 and 3600")
+    return {
+        "jwt_secret": secret,
+        "jwks_url": jwks_url,
+        "jwt_audience": environ.get("JWT_AUDIENCE", "").strip() or None,
+        "jwt_issuer": environ.get("JWT_ISSUER", "").strip() or None,
+        "jwt_leeway": leeway,
+        "jwks_min_refresh": _read_positive(environ, "JWKS_MIN_REFRESH", 30.0),
+    }
 
 
 def _read_origins(environ: Mapping[str, str], name: str) -> tuple[str, ...] | None:

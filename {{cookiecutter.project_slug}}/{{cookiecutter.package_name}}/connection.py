@@ -11,7 +11,8 @@ class. This is the only one the app uses, and everything it adds to
   with 1008 (:meth:`recv`);
 * a client that lets ``MAX_SEND_BUFFER`` bytes pile up is dropped
   (:meth:`pause_writing`);
-* the close code is counted for ``/metrics`` (:meth:`connection_lost`).
+* the close code is counted for ``/metrics`` (:meth:`connection_lost`);
+* the client's identity, once its token is verified (:attr:`identity`).
 
 What happens *on* a connection (joining, frames, acks) is ``hub.py``'s job.
 """
@@ -28,6 +29,7 @@ from websockets.frames import CloseCode
 from websockets.typing import Data
 
 from . import metrics
+from .auth import Identity
 from .fanout import FanoutConnection
 from .limits import TokenBucket
 
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 class Connection(FanoutConnection):
     """A server connection with the app's limits and metrics."""
+
+    #: Who the client is; None until a token says so, or with no auth.
+    identity: Identity | None = None
 
     def __init__(self, *args: Any, message_rate: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,6 +37,7 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 
 from . import fanout, metrics, protocol
+from .auth import AuthError, Identity, Verifier
 from .broker import Broker, Replay, Unavailable
 from .rooms import Chat
 
@@ -50,6 +52,12 @@ ROOM_PATH = re.compile(r"/ws(?:/(?P<room>[A-Za-z0-9_-]{1,64}))?")
 
 #: Longer ``since`` values name no message: they get ``recovered: false``.
 MAX_SINCE_LENGTH = 64
+
+#: Seconds a browser has to send its token, in its first frame.
+AUTH_TIMEOUT = 10.0
+
+#: Close handshakes started by a timer, kept until done.
+_closing: set[asyncio.Future[None]] = set()
 
 #: In ``Hub.last_ids``: the room's history could not be read when its first
 #: member joined, so nothing tells what its members have seen.
@@ -90,8 +98,11 @@ class Hub:
         *,
         max_text_length: int,
         max_replay_bytes: int = 2**19,
+        verifier: Verifier | None = None,
     ) -> None:
         self.broker = broker
+        #: Tokens are required when set (see auth.py).
+        self.verifier = verifier
         self.chat = chat
         self.max_text_length = max_text_length
         #: A replay larger than this is refused (``recovered: false``): it
@@ -115,17 +126,26 @@ class Hub:
         """Tell whether ``path`` is a WebSocket endpoint."""
         return room_for(path) is not None
 
-    def authorizes(self, path: str) -> bool:
+    def authorizes(self, path: str, identity: Identity | None) -> bool:
         """Tell whether the user's module lets a client join ``path``'s room."""
         room = room_for(path)
-        return room is not None and self.chat.may_join(room)
+        return room is not None and self.chat.may_join(identity, room)
 
     async def handler(self, connection: ServerConnection) -> None:
         """Join the room, then handle each frame the client sends."""
         # process_request has already turned away every path that names no
-        # room, and every room the client may not join.
+        # room, every client whose bearer token it refused, and every room
+        # the client may not join.
         room = room_for(connection.request.path) or DEFAULT_ROOM
+        expiry: asyncio.TimerHandle | None = None
         try:
+            if self.verifier is not None:
+                identity = getattr(connection, "identity", None)
+                if identity is None:  # a browser: its token comes first
+                    identity = await self.authenticate(connection, room)
+                    if identity is None:
+                        return
+                expiry = self.close_at_expiry(connection, identity)
             await self.join(connection, room, since_for(connection.request.path))
             async for frame in connection:
                 if not isinstance(frame, str):
@@ -139,7 +159,50 @@ class Hub:
             # nothing to add and no reason to log a traceback.
             pass
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self.leave(connection, room)
+
+    async def authenticate(
+        self, connection: ServerConnection, room: str
+    ) -> Identity | None:
+        """Read a browser's first frame, ``auth``; close with 1008 unless it
+        holds a token that may join ``room``."""
+        assert self.verifier is not None
+        try:
+            async with asyncio.timeout(AUTH_TIMEOUT):
+                frame = await connection.recv()
+            first = protocol.parse(str(frame), max_text_length=self.max_text_length)
+            if not isinstance(first, protocol.Auth) or first.token is None:
+                raise AuthError("token required")
+            identity = await self.verifier.verify(first.token)
+            if not (identity.may_join(room) and self.chat.may_join(identity, room)):
+                raise AuthError("not allowed in this room")
+        except TimeoutError:
+            await connection.close(CloseCode.POLICY_VIOLATION, "token required")
+            return None
+        except (AuthError, protocol.FrameError) as exc:
+            reason = str(exc) if isinstance(exc, AuthError) else "token required"
+            await connection.close(CloseCode.POLICY_VIOLATION, reason)
+            return None
+        connection.identity = identity  # type: ignore[attr-defined]
+        return identity
+
+    @staticmethod
+    def close_at_expiry(
+        connection: ServerConnection, identity: Identity
+    ) -> asyncio.TimerHandle:
+        """Close the connection with 1008 once its token has expired."""
+
+        def expire() -> None:
+            task = asyncio.ensure_future(
+                connection.close(CloseCode.POLICY_VIOLATION, "token expired")
+            )
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+        delay = max(0.0, identity.expires - time.time())
+        return asyncio.get_running_loop().call_later(delay, expire)
 
     async def join(
         self, connection: ServerConnection, room: str, since: str | None
@@ -188,9 +251,12 @@ class Hub:
         self, connection: ServerConnection, room: str, frame: str
     ) -> None:
         """Publish a client's message and acknowledge it, or answer an error."""
+        identity: Identity | None = getattr(connection, "identity", None)
         try:
             send = protocol.parse(frame, max_text_length=self.max_text_length)
-            text = self.chat.on_message(room, send.text)
+            if isinstance(send, protocol.Auth):
+                return  # the token was read at the handshake, or first
+            text = self.chat.on_message(identity, room, send.text)
             if text is None:
                 raise protocol.FrameError(
                     "rejected", "the room did not accept this message", send.client_id
@@ -198,7 +264,8 @@ class Hub:
         except protocol.FrameError as error:
             fanout.broadcast([connection], protocol.error_frame(error))
             return
-        tail = protocol.message_tail(room, None, text)
+        sender = None if identity is None else identity.sender()
+        tail = protocol.message_tail(room, sender, text)
         try:
             stored = await self.broker.publish(room, tail, send.client_id)
         except Unavailable:

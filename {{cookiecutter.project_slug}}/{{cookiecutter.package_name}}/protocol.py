@@ -24,6 +24,7 @@ __all__ = [
     "MAX_CLIENT_ID_LENGTH",
     "MESSAGE_PREFIX",
     "VERSION",
+    "Auth",
     "FrameError",
     "Send",
     "ack_frame",
@@ -70,6 +71,14 @@ class FrameError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """A browser's token, in its first frame (browsers can't send headers);
+    None when it has none, so that it hears at once that it needs one."""
+
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     """A client's request to send ``text`` to its room."""
 
@@ -78,7 +87,7 @@ class Send:
     client_id: str | None
 
 
-def parse(frame: str, *, max_text_length: int) -> Send:
+def parse(frame: str, *, max_text_length: int) -> Send | Auth:
     """Read one client frame; raise :exc:`FrameError` if it is not usable.
 
     Fields other than those of the contract are ignored, ``from`` included:
@@ -95,6 +104,11 @@ def parse(frame: str, *, max_text_length: int) -> Send:
     valid = isinstance(raw_id, str) and CLIENT_ID.fullmatch(raw_id) is not None
     client_id: str | None = raw_id if valid else None
     kind = data.get("type")
+    if kind == "auth":
+        token = data.get("token")
+        if token is not None and not isinstance(token, str):
+            raise FrameError("invalid_field", "token must be a string")
+        return Auth(token or None)
     if kind != "message":
         raise FrameError("unknown_type", f"unknown type: {kind!r:.40}", client_id)
     if raw_id is not None and not valid:
@@ -121,7 +135,7 @@ def parse(frame: str, *, max_text_length: int) -> Send:
     return Send(text, client_id)
 
 
-def message_tail(room: str, sender: str | None, text: str) -> str:
+def message_tail(room: str, sender: dict[str, str] | None, text: str) -> str:
     """Everything of a message frame after its id: it is stored this way, and
     the id is added where the message is stored (see :func:`message_frame`)."""
     return _encode({"room": room, "from": sender, "text": text})[1:]

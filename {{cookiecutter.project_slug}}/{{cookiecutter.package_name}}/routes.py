@@ -17,7 +17,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from . import metrics
+from .auth import AuthError, Identity, Verifier, bearer_token
 from .broker import Broker
+from .hub import room_for
 
 __all__ = ["HEALTH_PATH", "METRICS_PATH", "PAGE_PATH", "WORKER_HEADER", "Routes"]
 
@@ -49,7 +51,8 @@ class Routes:
         is_websocket_path: Callable[[str], bool],
         broker: Broker,
         *,
-        authorizes: Callable[[str], bool] = lambda path: True,
+        authorizes: Callable[[str, Identity | None], bool] = lambda path, who: True,
+        verifier: Verifier | None = None,
         worker_id: int | None = None,
         serve_page: bool = True,
         serve_metrics: bool = True,
@@ -59,6 +62,7 @@ class Routes:
         self.is_websocket_path = is_websocket_path
         self.broker = broker
         self.authorizes = authorizes
+        self.verifier = verifier
         self.worker_id = worker_id
         self.max_connections = max_connections
         self.open_connections = open_connections
@@ -73,7 +77,7 @@ class Routes:
         #: ``/healthz`` stop sending new clients to this process.
         self.shutting_down = False
 
-    def process_request(
+    async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         path = urlsplit(request.path).path
@@ -98,10 +102,45 @@ class Routes:
                 return connection.respond(
                     http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n"
                 )
-            if not self.authorizes(request.path):
+            if self.verifier is not None:
+                refused = await self.authenticate(connection, request)
+                if refused is not None:
+                    return refused
+            identity = getattr(connection, "identity", None)
+            # A browser's token comes later: then hub.py asks rooms.py.
+            pending = self.verifier is not None and identity is None
+            if not pending and not self.authorizes(request.path, identity):
                 return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden\n")
             return None  # websockets answers 405 or 426 to non-handshakes.
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+
+    async def authenticate(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Verify the handshake's bearer token; refuse it with 401 or 403.
+
+        A request with an ``Origin`` header and no ``Authorization`` comes
+        from a browser, which cannot send that header on a WebSocket: it
+        goes on, and must send its token in its first frame (see hub.py).
+        """
+        assert self.verifier is not None
+        authorization = request.headers.get("Authorization")
+        token = bearer_token(authorization)
+        if token is None:
+            if authorization is None and "Origin" in request.headers:
+                return None
+            return unauthorized(connection, "a bearer token is required")
+        try:
+            identity = await self.verifier.verify(token)
+        except AuthError as exc:
+            return unauthorized(connection, str(exc), invalid=True)
+        room = room_for(request.path)
+        if room is not None and not identity.may_join(room):
+            return connection.respond(
+                http.HTTPStatus.FORBIDDEN, "This token may not join this room\n"
+            )
+        connection.identity = identity  # type: ignore[attr-defined]
+        return None
 
     def process_response(
         self, connection: ServerConnection, request: Request, response: Response
@@ -134,6 +173,16 @@ class Routes:
         """This process's metrics, in the Prometheus text format."""
         body, content_type = metrics.exposition()
         return http.HTTPStatus.OK, body, content_type
+
+
+def unauthorized(
+    connection: ServerConnection, reason: str, *, invalid: bool = False
+) -> Response:
+    """HTTP 401 with the challenge RFC 6750 asks for."""
+    response = connection.respond(http.HTTPStatus.UNAUTHORIZED, f"{reason}\n")
+    challenge = 'Bearer error="invalid_token"' if invalid else "Bearer"
+    response.headers["WWW-Authenticate"] = challenge
+    return response
 
 
 def respond(

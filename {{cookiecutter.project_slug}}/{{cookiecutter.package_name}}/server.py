@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from websockets.asyncio.server import Server, serve
 
-from . import connection, metrics
+from . import auth, connection, metrics
 from .broker import Broker
 from .config import Config
 from .hub import Hub
@@ -58,18 +58,26 @@ async def run(config: Config) -> None:
     )
     raise_open_files_limit()
     broker = create_broker(config)
+    verifier = auth.verifier_for(config)
+    if verifier is None:
+        logger.warning(
+            "neither JWT_SECRET nor JWKS_URL is set: "
+            "anyone can connect and join any room"
+        )
     hub = Hub(
         broker,
         Chat(),
         max_text_length=config.max_text_length,
         # Half the send buffer: what is left holds the messages that follow.
         max_replay_bytes=config.max_send_buffer // 2,
+        verifier=verifier,
     )
     counter = metrics.ConnectionCounter()
     routes = Routes(
         hub.accepts,
         broker,
         authorizes=hub.authorizes,
+        verifier=verifier,
         worker_id=config.worker_id,
         serve_page=config.serve_page,
         serve_metrics=config.serve_metrics,
