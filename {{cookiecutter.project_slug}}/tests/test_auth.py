@@ -166,6 +166,19 @@ def test_a_connection_is_closed_with_1008_when_its_token_expires(
         assert client.connection.close_reason == "token expired"
 
 
+def test_the_expiry_close_waits_for_the_leeway_as_the_handshake_does(
+    start_app: Callable[..., App],
+) -> None:
+    app = start_app(JWT_SECRET=SECRET, JWT_LEEWAY="3")
+    brief = bearer(token(exp=time.time() + 1))
+    with Client(app.ws_url(), additional_headers=brief) as client:
+        with pytest.raises(TimeoutError):
+            client.hear(timeout=2.5)  # past exp, within the leeway: still open
+        with pytest.raises(ConnectionClosed):
+            client.hear(timeout=5)
+        assert client.connection.close_reason == "token expired"
+
+
 # --- Browsers: the token in the first frame ---------------------------------------
 
 ORIGIN = "http://127.0.0.1"

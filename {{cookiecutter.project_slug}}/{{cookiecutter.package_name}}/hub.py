@@ -188,11 +188,12 @@ class Hub:
         connection.identity = identity  # type: ignore[attr-defined]
         return identity
 
-    @staticmethod
     def close_at_expiry(
-        connection: ServerConnection, identity: Identity
+        self, connection: ServerConnection, identity: Identity
     ) -> asyncio.TimerHandle:
-        """Close the connection with 1008 once its token has expired."""
+        """Close the connection with 1008 once its token has expired (past
+        ``JWT_LEEWAY``, as at the handshake)."""
+        assert self.verifier is not None
 
         def expire() -> None:
             task = asyncio.ensure_future(
@@ -201,7 +202,7 @@ class Hub:
             _closing.add(task)
             task.add_done_callback(_closing.discard)
 
-        delay = max(0.0, identity.expires - time.time())
+        delay = max(0.0, identity.expires + self.verifier.leeway - time.time())
         return asyncio.get_running_loop().call_later(delay, expire)
 
     async def join(
