@@ -29,6 +29,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -55,9 +56,6 @@ MAX_SINCE_LENGTH = 64
 
 #: Seconds a browser has to send its token, in its first frame.
 AUTH_TIMEOUT = 10.0
-
-#: Close handshakes started by a timer, kept until done.
-_closing: set[asyncio.Future[None]] = set()
 
 #: In ``Hub.last_ids``: the room's history could not be read when its first
 #: member joined, so nothing tells what its members have seen.
@@ -115,7 +113,7 @@ class Hub:
         #: The newest message delivered, by room with members; None when
         #: the room's history was empty when they joined, or UNKNOWN.
         self.last_ids: dict[str, str | None] = {}
-        #: Close handshakes in progress, started by catch_up().
+        #: Close handshakes started here (catch_up(), expiry), until done.
         self._closing: set[asyncio.Future[object]] = set()
         #: Rooms just caught up: live messages up to this one were replayed.
         self.caught_up_to: dict[str, tuple[str, int, int] | None] = {}
@@ -196,11 +194,7 @@ class Hub:
         assert self.verifier is not None
 
         def expire() -> None:
-            task = asyncio.ensure_future(
-                connection.close(CloseCode.POLICY_VIOLATION, "token expired")
-            )
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+            self._keep(connection.close(CloseCode.POLICY_VIOLATION, "token expired"))
 
         delay = max(0.0, identity.expires + self.verifier.leeway - time.time())
         return asyncio.get_running_loop().call_later(delay, expire)
@@ -334,15 +328,21 @@ class Hub:
             )
             for connection in told:
                 self.leave(connection, room)
-            closing = asyncio.gather(
-                *(
-                    connection.close(CloseCode.SERVICE_RESTART, "resume")
-                    for connection in told
-                ),
-                return_exceptions=True,
+            self._keep(
+                asyncio.gather(
+                    *(
+                        connection.close(CloseCode.SERVICE_RESTART, "resume")
+                        for connection in told
+                    ),
+                    return_exceptions=True,
+                )
             )
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+
+    def _keep(self, awaitable: Awaitable[object]) -> None:
+        """Run ``awaitable`` in the background, holding on to it until done."""
+        future = asyncio.ensure_future(awaitable)
+        self._closing.add(future)
+        future.add_done_callback(self._closing.discard)
 
     def _deliver_to_joining(
         self,
