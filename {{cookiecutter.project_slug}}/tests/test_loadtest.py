@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
+import jwt
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
@@ -82,6 +84,20 @@ def test_it_reports_handshakes_the_server_refuses(
         3,
     )
     assert "errors: 2 (handshake refused with HTTP 503 x2)" in result.stdout
+
+
+def test_it_sends_a_bearer_token_to_a_server_that_requires_one(
+    start_app: Callable[..., App],
+) -> None:
+    secret = "a load-test secret, long enough for HS256 " + "w" * 8
+    app = start_app(JWT_SECRET=secret)
+    token = jwt.encode({"sub": "load", "exp": time.time() + 600}, secret, "HS256")
+    args = (app.ws_url(), "--connections", "4", "--room-size", "2", "--duration", "1")
+    result = loadtest(*args, "--token", token)
+    assert result.returncode == 0, result.stdout
+    refused = loadtest(*args)
+    assert refused.returncode == 1
+    assert "handshake refused with HTTP 401 x4" in refused.stdout
 
 
 def test_it_reports_clients_the_server_closes(start_app: Callable[..., App]) -> None:

@@ -35,6 +35,7 @@ import collections
 import contextlib
 import json
 import math
+import os
 import random
 import resource
 import secrets
@@ -318,7 +319,10 @@ async def run_client(
     try:
         try:
             connection = await connect(
-                url, open_timeout=options.open_timeout, compression=None
+                url,
+                open_timeout=options.open_timeout,
+                compression=None,
+                additional_headers=authorization(options.token),
             )
         finally:
             phases.connected.done()
@@ -400,12 +404,22 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--open-timeout", type=positive(float), default=10.0, help="seconds"
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LOADTEST_TOKEN"),
+        help="bearer token, where the server requires one (default: $LOADTEST_TOKEN)",
+    )
     options = parser.parse_args(argv)
     try:
         parse_uri(options.url)
     except InvalidURI:
         parser.error(f"url must be a ws:// or wss:// URL, not {options.url!r}")
     return options
+
+
+def authorization(token: str | None) -> dict[str, str]:
+    """The handshake's ``Authorization`` header, if there is a token."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
