@@ -17,12 +17,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import pytest
 from cookiecutter.main import cookiecutter
 from websockets.sync.client import ClientConnection
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 #: Debian's Chromium, headless, as root, on a machine with no network.
 CHROMIUM_ARGS = [
@@ -390,3 +393,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, driven by Playwright, shared by a module's tests."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = require_tool("chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -7,16 +7,15 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
-import pytest
 import redis
-from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 from websockets.sync.client import connect
 
-from conftest import CHROMIUM_ARGS, RedisServer, Started, require_tool
+from conftest import RedisServer, Started
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 #: The README promises this size budget for the page.
@@ -24,15 +23,6 @@ PAGE_BUDGET_BYTES = 8 * 1024
 #: Milliseconds a page has to come back after a restart. The first retry
 #: after a clean close comes within 1 s; failed ones double from there.
 RECONNECT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = require_tool("chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def open_chat(browser: Browser, url: str, room: str, **context: object) -> Page:

@@ -41,7 +41,7 @@ VERSION = 1
 
 #: A client_id is the client's own name for one message: random, short.
 MAX_CLIENT_ID_LENGTH = 64
-CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1," + str(MAX_CLIENT_ID_LENGTH) + "}")
 
 #: A Redis Stream entry id, or an in-memory epoch and counter.
 ID_FORMS = re.compile(
