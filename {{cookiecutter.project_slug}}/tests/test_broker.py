@@ -50,10 +50,16 @@ def run_with_broker(
     return run
 
 
+#: The rooms every scenario's process has members of.
+ROOMS = ("r", "s")
+
+
 async def in_broker(factory: Callable[[], Broker], scenario: Scenario) -> None:
     async with running(factory()) as broker:
         delivered: Delivered = []
         broker.subscribe(lambda *message: delivered.append(message))
+        for room in ROOMS:
+            await broker.watch(room)
         await scenario(broker, delivered)
 
 
@@ -204,3 +210,37 @@ def test_no_history_still_gives_ids_and_never_recovers(
         assert (await broker.replay("r", stored.id)).recovered is False
 
     run_with_broker(scenario, history_size=0)
+
+
+def test_a_room_watched_again_is_delivered_again(
+    run_with_broker: Callable[..., None],
+) -> None:
+    async def scenario(broker: Broker, delivered: Delivered) -> None:
+        broker.unwatch("r")
+        await asyncio.sleep(0.1)
+        await broker.watch("r")
+        stored = await broker.publish("r", tail("back"), None)
+        await settle(delivered, 1)
+        assert [message[1] for message in delivered] == [stored.id]
+
+    run_with_broker(scenario)
+
+
+def test_a_subscription_confirmed_calls_back_with_its_room(
+    run_with_broker: Callable[..., None],
+) -> None:
+    async def scenario(broker: Broker, delivered: Delivered) -> None:
+        confirmed: list[list[str]] = []
+
+        async def record(rooms: list[str]) -> None:
+            confirmed.append(rooms)
+
+        broker.on_resubscribed(record)
+        await broker.watch("t")
+        stored = await broker.publish("t", tail("x", "t"), None)
+        await settle(delivered, 1)
+        assert delivered[0][1] == stored.id
+        if broker.status != "local":  # one process: nothing to subscribe to
+            assert confirmed == [["t"]]
+
+    run_with_broker(scenario)

@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Called with (room, message id, message frame) for each message stored.
 Deliver = Callable[[str, str, str], None]
-#: Called each time the broker is subscribed again, after a disconnection.
-Resubscribed = Callable[[], Awaitable[None]]
+#: Called with rooms whose subscription was just confirmed.
+Resubscribed = Callable[[list[str]], Awaitable[None]]
 
 #: Seconds between sweeps of expired rooms out of memory.
 SWEEP_INTERVAL = 10.0
@@ -177,10 +177,22 @@ class Broker:
         self._subscribers.append(deliver)
 
     def on_resubscribed(self, callback: Resubscribed) -> None:
-        """Await ``callback()`` each time the broker has subscribed again,
-        before it delivers anything more: messages stored meanwhile were
-        never delivered here, and :meth:`replay_shared` finds them."""
+        """Await ``callback(rooms)`` each time rooms are subscribed, the
+        first time or again after a disconnection, before any of their
+        messages is delivered: messages stored while a room was not
+        subscribed were never delivered here, and :meth:`replay_shared`
+        finds them."""
         self._resubscribed.append(callback)
+
+    async def watch(self, room: str) -> None:
+        """Deliver the room's messages here from now on: it has a member.
+
+        Returns once every message stored from then on is sure to be
+        delivered, so that history read afterwards misses nothing.
+        """
+
+    def unwatch(self, room: str) -> None:
+        """Stop delivering the room's messages here: its last member left."""
 
     async def wait_ready(self) -> None:
         """Return once the broker knows whether it is connected."""

@@ -8,17 +8,18 @@ becomes of this message.
 Joining with ``?since=<id>`` has a seam between the history replayed and
 the live messages, where a message could be lost or shown twice. The order
 that closes it: the connection starts listening first (live messages are
-buffered), then the history after ``since`` is read, then the connection
+buffered), and the broker confirms that this process is subscribed to the
+room (see ``Broker.watch``), then the history after ``since`` is read, then the connection
 gets ``joined``, the replay, and the buffered messages the replay did not
 hold. Redis delivers live messages on another connection than the one that
 reads history, so a message can also arrive live *after* the replay that
 held it: until a live message at or past the replay's last id arrives, a
 connection drops live messages the replay already gave it.
 
-The same seam exists for the whole process when the broker loses its
-subscription and gets it back: messages stored meanwhile were never
-delivered here. :meth:`Hub.catch_up` replays them to every room that has
-members, from the last id each room delivered, before anything live; a
+The same seam exists for a whole room when the broker loses its
+subscription to it and gets it back: messages stored meanwhile were never
+delivered here. :meth:`Hub.catch_up` replays them to the room's members,
+from the last id the room delivered, before anything live; a
 room whose history cannot cover the gap has its members closed with 1012,
 so that they reconnect with ``since`` and learn it from ``recovered``.
 """
@@ -205,6 +206,8 @@ class Hub:
         """Send ``joined``, then the history after ``since``, then go live."""
         joining = _Joining()
         self.joining.setdefault(room, {})[connection] = joining
+        # Listen first, so that history read afterwards misses nothing.
+        await self.broker.watch(room)
         if since is not None and len(since) > MAX_SINCE_LENGTH:
             replay = Replay(False, [], None)
         else:
@@ -283,6 +286,7 @@ class Hub:
         if room not in self.members and room not in self.joining:
             self.last_ids.pop(room, None)
             self.caught_up_to.pop(room, None)
+            self.broker.unwatch(room)
 
     def deliver(self, room: str, message_id: str, frame: str) -> None:
         """Send a message of ``room`` to its members in this process."""
@@ -300,9 +304,14 @@ class Hub:
         if joining:
             self._deliver_to_joining(room, joining, message_id, frame)
 
-    async def catch_up(self) -> None:
-        """Replay what each room missed while the broker was unsubscribed."""
-        for room, since in list(self.last_ids.items()):
+    async def catch_up(self, rooms: list[str]) -> None:
+        """Replay what each room missed while the broker was not subscribed
+        to it; a room nobody here has seen anything of yet has nothing to
+        catch up."""
+        for room in rooms:
+            if room not in self.last_ids:
+                continue
+            since = self.last_ids[room]
             if since == UNKNOWN:
                 replay = Replay(False, [], None)
             else:

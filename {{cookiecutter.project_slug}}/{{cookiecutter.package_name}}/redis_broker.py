@@ -1,28 +1,40 @@
 """Rooms shared by every process through Redis: a Stream of history per
-room, and pub/sub for delivery.
+room, and pub/sub for delivery, on one Redis server or on a Redis Cluster.
 
 One Lua script stores each message and publishes it, atomically: it checks
 the client_id (``SET`` with an expiry, so a message sent again after a
 reconnect is not stored twice), appends to the room's Stream (``XADD`` with
 ``MAXLEN ~ HISTORY_SIZE``, then an expiry of ``HISTORY_TTL``) and publishes
 the message frame, whose id is the Stream entry id. No message is published
-without being in history. Every process subscribes to all room channels and
-delivers what it receives to its own members of that room, so each client
-gets each message exactly once, in the order Redis stored them, whichever
-process either of them is connected to.
+without being in history.
+
+A process subscribes only to the rooms it has members of: to a room's
+channel when its first member here joins, and no longer once the last one
+has left, so that a process pays nothing for rooms it doesn't serve. The
+subscription is confirmed before the joining client's history is read (see
+``hub.py``), so that no message falls between the two. Subscriptions made in
+the same turn of the event loop go out together.
 
 Every key of a room carries the room in braces, ``{room}``, its hash tag on
-a Redis Cluster, so that the script's keys are on one shard.
+a Redis Cluster: its history, its client_ids and its channel live on one
+shard, so the script runs there, and the room's traffic stays there. When
+``REDIS_URL`` names a node of a cluster (``INFO cluster`` says
+``cluster_enabled:1``), commands go through redis-py's cluster client and
+rooms use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7.0+): this
+process holds one subscriber connection to each master that owns one of its
+rooms, and each message goes to that master only, not to every node.
 
 Redis going away must not take the web process down: while Redis is
 unreachable, messages are stored in this process's memory and delivered
 within this process only (their ids are of the in-memory form, which Redis
 never knows: a client resuming from one on another process gets
-``recovered: false``), and the
-subscriber reconnects with capped, jittered backoff. Each change of state is
-logged once. A Redis that hangs, or a link that dies without a reset, is
-noticed by a heartbeat: every few seconds the process publishes to a channel
-of its own and expects to hear it back.
+``recovered: false``), and the subscribers reconnect with capped, jittered
+backoff. Whenever any subscriber connection is lost (a master died and its
+replica took over, a slot moved, a network blip), all of them are opened
+again from a fresh view of the cluster, and each room catches up from
+history before anything live. Each change of state is logged once. A Redis
+that hangs, or a link that dies without a reset, is noticed by a heartbeat:
+every few seconds each subscriber connection sends PING and expects PONG.
 """
 
 from __future__ import annotations
@@ -33,13 +45,20 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import (
+    ConnectionError,
+    RedisClusterException,
+    RedisError,
+    TimeoutError,
+)
 
 from . import protocol
 from .broker import Broker, Replay, Stored, Unavailable
@@ -62,15 +81,18 @@ HEARTBEAT_INTERVAL = 2.0
 PUBLISH_RETRY_INTERVAL = 1.0
 #: Seconds a command may take while the subscriber has lost Redis.
 DISCONNECTED_TIMEOUT = 0.5
+#: Seconds between sweeps of expired rooms out of this process's memory.
+SWEEP_INTERVAL = 10.0
 
-FAILURES = (RedisError, OSError)
+#: RedisClusterException: no master owns a slot, as during a failover.
+FAILURES = (RedisError, RedisClusterException, OSError)
 #: Failures that say Redis is out of reach, as opposed to an error reply.
 UNREACHABLE = (ConnectionError, TimeoutError, OSError)
 
 #: KEYS: the room's Stream, the client_id's key. ARGV: the room's channel,
 #: HISTORY_SIZE, the trimming operator, HISTORY_TTL in milliseconds, the
-#: message's tail (see protocol.message_tail), protocol.MESSAGE_PREFIX.
-#: Returns the message's id, and 1 if its client_id was seen before.
+#: message's tail (see protocol.message_tail), protocol.MESSAGE_PREFIX,
+#: PUBLISH or SPUBLISH (on a cluster). Returns the message's id, and 1 if its client_id was seen before.
 #: Redis doesn't roll a script back when a command fails: if recording the
 #: client_id or publishing is refused (out of memory, an ACL), the script
 #: removes what it added, so that a message is never stored unpublished.
@@ -86,7 +108,7 @@ if type(result) == 'table' and result.err then
   redis.call('XDEL', KEYS[1], id)
   return result
 end
-result = redis.pcall('PUBLISH', ARGV[1], ARGV[6] .. id .. '",' .. ARGV[5])
+result = redis.pcall(ARGV[7], ARGV[1], ARGV[6] .. id .. '",' .. ARGV[5])
 if type(result) == 'table' and result.err then
   redis.call('XDEL', KEYS[1], id)
   redis.call('DEL', KEYS[2])
@@ -99,6 +121,67 @@ return {id, 0}
 def hash_tag(room: str) -> str:
     """``{room}``: on a Redis Cluster, keys with the same tag share a shard."""
     return "{" + room + "}"
+
+
+SUBSCRIBING = "subscribing"
+SUBSCRIBED = "subscribed"
+UNSUBSCRIBING = "unsubscribing"
+
+
+@dataclass(slots=True)
+class _Subscription:
+    """Where a room is subscribed, and how far that has got."""
+
+    link: Link
+    state: str
+
+
+class Link:
+    """One subscriber connection: to the Redis server, or to one master of
+    a cluster, for the rooms whose channel it owns.
+
+    It never retries, so that the broker sees every disconnection: redis-py
+    would otherwise reconnect and resubscribe by itself, silently skipping
+    what was published in between. It is subscribed to a channel of this
+    process's own from the start, so that it is in subscribed mode and the
+    heartbeat's PING is answered in line with the messages.
+    """
+
+    def __init__(self, client: redis.Redis, name: str, *, sharded: bool) -> None:
+        self.client = client
+        self.name = name
+        self.pubsub = client.pubsub()
+        self.subscribe_command = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self.unsubscribe_command = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
+        #: One command per channel on a cluster: a command whose channels
+        #: are on different slots is refused (CROSSSLOT).
+        self.batched = not sharded
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self, heartbeat_channel: str) -> None:
+        """Connect, and wait until Redis confirms the first subscription."""
+        await self.pubsub.execute_command("SUBSCRIBE", heartbeat_channel)
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            while True:
+                event = await self.pubsub.get_message(timeout=REDIS_TIMEOUT)
+                if event is not None and event["type"] == "subscribe":
+                    return
+
+    async def send(self, command: str, channels: list[str]) -> None:
+        if self.batched:
+            await self.pubsub.execute_command(command, *channels)
+        else:
+            for channel in channels:
+                await self.pubsub.execute_command(command, channel)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        with contextlib.suppress(*FAILURES):
+            await self.pubsub.aclose()
+        with contextlib.suppress(*FAILURES):
+            await self.client.aclose()
 
 
 class RedisBroker(Broker):
@@ -114,37 +197,45 @@ class RedisBroker(Broker):
         history_ttl: float = 300.0,
     ) -> None:
         super().__init__(history_size=history_size, history_ttl=history_ttl)
-        options = {
+        self.url = url
+        self.options: dict[str, object] = {
             "decode_responses": True,
             "socket_connect_timeout": REDIS_TIMEOUT,
             "socket_timeout": REDIS_TIMEOUT,
             "socket_keepalive": True,
         }
         if url.startswith("rediss:"):
-            options["ssl_cert_reqs"] = ssl_cert_reqs
-        # Retry once, at once: after Redis restarts, the first command on
-        # each pooled connection fails. Beyond that, a publish falls back to
-        # local delivery.
-        self.redis = redis.from_url(url, retry=Retry(NoBackoff(), 1), **options)
-        # Never retry, so that the subscriber loop sees every disconnection:
-        # redis-py would otherwise reconnect and resubscribe by itself,
-        # silently skipping what was published in between.
-        self.subscriber = redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+            self.options["ssl_cert_reqs"] = ssl_cert_reqs
+        #: Commands go through this client, once run() has told whether
+        #: REDIS_URL names a cluster.
+        self.redis: redis.Redis | RedisCluster | None = None
+        self.sharded = False
         self.prefix = channel_prefix
         self.rooms_prefix = f"{channel_prefix}room:"
         self.history_size = history_size
         self.history_ttl_ms = max(1, round(history_ttl * 1000))
-        self.store_and_publish = self.redis.register_script(STORE_AND_PUBLISH)
         self.heartbeat_channel = f"{channel_prefix}heartbeat:{uuid.uuid4().hex}"
         self.location = urlsplit(url).hostname or "unix socket"  # never the password
-        #: Set by the subscriber loop only: it alone knows whether messages
-        #: published to Redis come back to this process.
+        #: Set by run() only: it alone knows whether messages published to
+        #: Redis come back to this process.
         self.status = "connecting"
         self.publish_failing = False
         self.publish_failed_at = 0.0
         #: Set while one command tries Redis again after a failure.
         self.probing = False
         self.ready = asyncio.Event()
+        #: Subscriber connections, by server.
+        self.links: dict[str, Link] = {}
+        #: Rooms with members in this process, and where each is subscribed.
+        self.wanted: set[str] = set()
+        self.subscriptions: dict[str, _Subscription] = {}
+        #: Rooms whose subscription may have to change at the next flush.
+        self.dirty: set[str] = set()
+        #: Joins waiting for their room's subscription to be confirmed.
+        self.waiters: dict[str, asyncio.Future[None]] = {}
+        self.flushing: asyncio.Task[None] | None = None
+        #: Set when something other than a link's reader finds a link broken.
+        self.broken: asyncio.Future[None] | None = None
 
     def history_key(self, room: str) -> str:
         return f"{self.prefix}{hash_tag(room)}:history"
@@ -154,6 +245,87 @@ class RedisBroker(Broker):
 
     def channel(self, room: str) -> str:
         return self.rooms_prefix + hash_tag(room)
+
+    async def watch(self, room: str) -> None:
+        """Subscribe to the room, and return once Redis has confirmed it.
+
+        While Redis is out of reach, return at once: the room is subscribed
+        when it is back, and catches up from history then.
+        """
+        self.wanted.add(room)
+        subscription = self.subscriptions.get(room)
+        if subscription is not None and subscription.state == SUBSCRIBED:
+            return
+        self._changed(room)
+        if self.status != "connected":
+            return
+        waiter = self.waiters.get(room)
+        if waiter is None:
+            waiter = self.waiters[room] = asyncio.get_running_loop().create_future()
+        # A subscription not confirmed in time means a link that is failing:
+        # the heartbeat will find out, and the room catch up then.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await asyncio.shield(waiter)
+
+    def unwatch(self, room: str) -> None:
+        """Unsubscribe from the room: its last member here has left."""
+        self.wanted.discard(room)
+        self._changed(room)
+
+    def _changed(self, room: str) -> None:
+        """Flush subscriptions once the current turn of the loop is over,
+        together with every other change made meanwhile."""
+        self.dirty.add(room)
+        if self.flushing is None and self.status == "connected":
+            self.flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Subscribe and unsubscribe the rooms that changed, one command per
+        link where Redis allows it."""
+        self.flushing = None
+        dirty, self.dirty = self.dirty, set()
+        changes: dict[tuple[Link, str], list[str]] = {}
+        try:
+            self._plan(dirty, changes)
+            for (link, command), channels in changes.items():
+                await link.send(command, channels)
+        except FAILURES as exc:
+            self._break(exc)
+
+    def _plan(self, dirty: Iterable[str], changes: dict[tuple[Link, str], list[str]]) -> None:
+        for room in dirty:
+            subscription = self.subscriptions.get(room)
+            if subscription is None and room in self.wanted:
+                link = self._owner(room)
+                self.subscriptions[room] = _Subscription(link, SUBSCRIBING)
+                key = (link, link.subscribe_command)
+            elif (
+                subscription is not None
+                and subscription.state == SUBSCRIBED
+                and room not in self.wanted
+            ):
+                subscription.state = UNSUBSCRIBING
+                link = subscription.link
+                key = (link, link.unsubscribe_command)
+            else:
+                continue  # as it should be, or on its way: see _confirmed()
+            changes.setdefault(key, []).append(self.channel(room))
+
+    def _break(self, exc: BaseException) -> None:
+        """Have run() open every link again."""
+        if self.broken is not None and not self.broken.done():
+            self.broken.set_exception(exc)
+
+    def _owner(self, room: str) -> Link:
+        """The link to the server that owns the room's channel."""
+        if isinstance(self.redis, RedisCluster):
+            node = self.redis.get_node_from_key(self.channel(room))
+            link = self.links.get(node.name)
+            if link is None:  # the cluster changed: run() opens links again
+                raise ConnectionError(f"no subscriber connection to {node.name}")
+            return link
+        return next(iter(self.links.values()))
 
     async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
         """Store and publish through Redis; while the subscriber is away from
@@ -166,7 +338,7 @@ class RedisBroker(Broker):
         here too: :exc:`Unavailable` tells the client to send it again, and
         its client_id makes that safe.
         """
-        if self._worth_trying():
+        if self.redis is not None and self._worth_trying():
             try:
                 async with self._attempt():
                     message_id, duplicate = await self.store_and_publish(
@@ -185,6 +357,7 @@ class RedisBroker(Broker):
                             self.history_ttl_ms,
                             tail,
                             protocol.MESSAGE_PREFIX,
+                            "SPUBLISH" if self.sharded else "PUBLISH",
                         ],
                     )
             except UNREACHABLE as exc:
@@ -243,15 +416,9 @@ class RedisBroker(Broker):
             self.publish_failing = False
             logger.info("Redis commands work again")
 
-    async def wait_ready(self) -> None:
-        """Return once the first subscription succeeded or failed.
-
-        Called before listening: a process that took clients before it
-        reached Redis would keep their messages to itself.
-        """
-        await self.ready.wait()
-
     async def replay_shared(self, room: str, since: str | None) -> Replay:
+        if self.redis is None:
+            raise ConnectionError("Redis not reached yet")
         if since is None:
             async with self._attempt():
                 entries = await self.redis.xrange(self.history_key(room))
@@ -279,7 +446,7 @@ class RedisBroker(Broker):
 
     async def _read(self, room: str, since: str | None) -> Replay | None:
         """Read the room's Stream after ``since``; None if Redis can't."""
-        if not self._worth_trying():
+        if self.redis is None or not self._worth_trying():
             return None
         key = self.history_key(room)
         known = since is not None and ":" not in since
@@ -313,72 +480,191 @@ class RedisBroker(Broker):
         ]
         return Replay(True, frames, last_id)
 
+    async def wait_ready(self) -> None:
+        """Return once the first connection to Redis succeeded or failed.
+
+        Called before listening: a process that took clients before it
+        reached Redis would keep their messages to itself.
+        """
+        await self.ready.wait()
+
     async def run(self) -> None:
-        """Subscribe to every room, and resubscribe whenever the link drops."""
+        """Open a subscriber link to each server, subscribe every room with
+        members here, and do it all again whenever a link fails."""
         delay = FIRST_RETRY_DELAY
         while True:
             try:
-                async with self.subscriber.pubsub() as pubsub:
-                    await pubsub.subscribe(self.heartbeat_channel)
-                    await pubsub.psubscribe(self.rooms_prefix + "*")
-                    await self._confirmed(pubsub)
-                    self._found()
-                    delay = FIRST_RETRY_DELAY
-                    for callback in self._resubscribed:
-                        await callback()
-                    await self._listen(pubsub)
+                await self._open()
+                self._found()
+                delay = FIRST_RETRY_DELAY
+                for room in self.wanted:
+                    self._changed(room)
+                await self._serve()
             except FAILURES as exc:
                 self._lost(exc)
             except Exception:
                 # A bug, say in a subscriber: log it, but keep fan-out alive.
                 logger.exception("broker failed: resubscribing")
                 self._lost(None)
+            finally:
+                await self._close_links()
             self.local_history.sweep()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, LAST_RETRY_DELAY)
 
-    async def _confirmed(self, pubsub: redis.client.PubSub) -> None:
-        """Wait until Redis confirms the subscription to every room.
+    async def _open(self) -> None:
+        """Learn whether REDIS_URL names a cluster (once), then open a link
+        to the server, or to each master from a fresh view of the cluster."""
+        if self.redis is None:
+            probe = redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **self.options)
+            try:
+                info = await probe.info("cluster")
+            finally:
+                await probe.aclose()
+            self.sharded = info.get("cluster_enabled") == 1
+            if self.sharded:
+                # Commands follow MOVED and refresh the view of the cluster
+                # by themselves; a few quick retries cover a failover.
+                self.redis = RedisCluster.from_url(
+                    self.url,
+                    retry=Retry(ExponentialWithJitterBackoff(0.5, 0.05), 3),
+                    **self.options,
+                )
+            else:
+                # Retry once, at once: after Redis restarts, the first
+                # command on each pooled connection fails. Beyond that, a
+                # publish falls back to local delivery.
+                self.redis = redis.from_url(
+                    self.url, retry=Retry(NoBackoff(), 1), **self.options
+                )
+            self.store_and_publish = self.redis.register_script(STORE_AND_PUBLISH)
+        if isinstance(self.redis, RedisCluster):
+            # Not redis-py's ClusterPubSub: it resubscribes by itself after
+            # a failover, which would skip what was published meanwhile.
+            await self.redis.nodes_manager.initialize()
+            servers = [(node.name, node.host, node.port) for node in self.redis.get_primaries()]
+        else:
+            servers = [(self.location, None, None)]
+        for name, host, port in servers:
+            link = Link(self._subscriber(host, port), name, sharded=self.sharded)
+            self.links[name] = link
+            await link.open(self.heartbeat_channel)
 
-        redis-py sends PSUBSCRIBE without waiting for the answer. Until it
-        comes, a message published is not heard here: catching up before
-        then could miss it. No room message can come before it.
-        """
-        async with asyncio.timeout(REDIS_TIMEOUT):
-            while True:
-                event = await pubsub.get_message(timeout=REDIS_TIMEOUT)
-                if event is not None and event["type"] == "psubscribe":
-                    return
+    def _subscriber(self, host: str | None, port: int | None) -> redis.Redis:
+        """A client that never retries, for REDIS_URL or one of its nodes."""
+        url = self.url
+        if host is not None:
+            parts = urlsplit(url)
+            credentials = parts.netloc.rpartition("@")[0]
+            netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+            url = urlunsplit(parts._replace(netloc=netloc))
+        return redis.from_url(url, retry=Retry(NoBackoff(), 0), **self.options)
 
-    async def _listen(self, pubsub: redis.client.PubSub) -> None:
-        """Deliver room messages until the heartbeat stops coming back."""
+    async def _serve(self) -> None:
+        """Run every link until one fails."""
+        self.broken = asyncio.get_running_loop().create_future()
+        tasks: list[asyncio.Future[None]] = [self.broken]
+        for link in self.links.values():
+            link.task = asyncio.create_task(self._listen(link))
+            tasks.append(link.task)
+        while True:
+            done, _ = await asyncio.wait(
+                tasks, timeout=SWEEP_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()  # raises what broke the link
+                raise ConnectionError("subscriber connection closed")
+            self.local_history.sweep()
+
+    async def _listen(self, link: Link) -> None:
+        """Deliver the link's room messages until its heartbeat stops."""
         loop = asyncio.get_running_loop()
-        heard = next_beat = loop.time()
+        pubsub = link.pubsub
+        next_beat = loop.time() + HEARTBEAT_INTERVAL
+        pinged: float | None = None
         while True:
             now = loop.time()
-            if now >= next_beat:
-                await self.redis.publish(self.heartbeat_channel, "")
-                next_beat = now + HEARTBEAT_INTERVAL
-                self.local_history.sweep()
-            if now - heard > HEARTBEAT_INTERVAL + REDIS_TIMEOUT:
-                raise TimeoutError("heartbeat not heard back")
-            event = await pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=0.5
-            )
+            if pinged is None and now >= next_beat:
+                await pubsub.ping()
+                pinged = now
+            elif pinged is not None and now - pinged > REDIS_TIMEOUT:
+                raise TimeoutError(f"heartbeat not answered by {link.name}")
+            event = await pubsub.get_message(timeout=0.5)
             if event is None:
                 continue
-            if event["type"] == "pmessage":
-                room = event["channel"][len(self.rooms_prefix) + 1 : -1]
-                frame = event["data"]
-                if not frame.startswith(protocol.MESSAGE_PREFIX):
+            kind = event["type"]
+            if kind in ("message", "smessage"):
+                channel, frame = event["channel"], event["data"]
+                if not (
+                    channel.startswith(self.rooms_prefix)
+                    and frame.startswith(protocol.MESSAGE_PREFIX)
+                ):
                     continue  # not ours: someone else uses the prefix
+                room = channel[len(self.rooms_prefix) + 1 : -1]
                 self.deliver_locally(room, protocol.message_id(frame), frame)
-            elif event["channel"] == self.heartbeat_channel:
-                heard = loop.time()
+            elif kind == "pong":
+                pinged = None
+                next_beat = loop.time() + HEARTBEAT_INTERVAL
+            elif kind in ("subscribe", "ssubscribe"):
+                await self._confirmed(link, event["channel"], subscribed=True)
+            elif kind in ("unsubscribe", "sunsubscribe"):
+                await self._confirmed(link, event["channel"], subscribed=False)
+
+    async def _confirmed(self, link: Link, channel: str, *, subscribed: bool) -> None:
+        """Record what Redis confirmed; catch a room up once subscribed."""
+        if not channel.startswith(self.rooms_prefix):
+            return  # the heartbeat channel
+        room = channel[len(self.rooms_prefix) + 1 : -1]
+        subscription = self.subscriptions.get(room)
+        if subscription is None or subscription.link is not link:
+            return
+        if subscribed and subscription.state == SUBSCRIBING:
+            subscription.state = SUBSCRIBED
+            if room not in self.wanted:
+                self._changed(room)  # left meanwhile: unsubscribe now
+            waiter = self.waiters.pop(room, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            # Messages stored while the room was not subscribed here were
+            # never delivered: nothing is read from this link until the
+            # room has caught up, so they come before anything live.
+            for callback in self._resubscribed:
+                await callback([room])
+        elif not subscribed and subscription.state == UNSUBSCRIBING:
+            del self.subscriptions[room]
+            if room in self.wanted:
+                self._changed(room)  # joined again meanwhile: subscribe again
+        elif not subscribed:
+            # Redis unsubscribed the room by itself: its slot has moved to
+            # another master. Open every link again from the new view.
+            raise ConnectionError(f"{link.name} no longer serves room {room}")
+
+    async def _close_links(self) -> None:
+        """Forget every subscription, and let waiting joins go on: the rooms
+        catch up once subscribed again."""
+        links, self.links = list(self.links.values()), {}
+        self.subscriptions.clear()
+        if self.broken is not None:
+            if self.broken.done():
+                self.broken.exception()  # retrieved: it was logged by _lost()
+            else:
+                self.broken.cancel()
+            self.broken = None
+        if self.flushing is not None:
+            self.flushing.cancel()
+            self.flushing = None
+        self.dirty = set(self.wanted)
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
+        for link in links:
+            await link.close()
 
     async def close(self) -> None:
-        await self.redis.aclose()
-        await self.subscriber.aclose()
+        await self._close_links()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     def _found(self) -> None:
         self.ready.set()
@@ -386,7 +672,8 @@ class RedisBroker(Broker):
         if self.status != "connected":
             self.status = "connected"
             logger.info(
-                "broker connected to Redis at %s: rooms span every process",
+                "broker connected to %s at %s: rooms span every process",
+                "a Redis Cluster" if self.sharded else "Redis",
                 self.location,
             )
 
