@@ -27,6 +27,7 @@ OWNED_FILES: dict[str, list[str]] = {
         "{{ cookiecutter.package_name }}/redis_broker.py",
         "{{ cookiecutter.package_name }}/workers.py",
         "tests/test_redis.py",
+        "tests/test_cluster.py",
     ],
 }
 

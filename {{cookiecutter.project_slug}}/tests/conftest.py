@@ -233,16 +233,21 @@ class RedisServer:
             self.process = None
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server of its own, on a free port."""
-    executable = shutil.which("redis-server")
+def require(tool: str) -> str:
+    """The path of a Redis executable; under CI=true, a test fails without it."""
+    executable = shutil.which(tool)
     if executable is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
+        message = f"{tool} is not installed (apt-get install redis-server)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)  # outside CI only: under CI=true it failed above
-    server = RedisServer(executable)
+    return executable
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of its own, on a free port."""
+    server = RedisServer(require("redis-server"))
     server.start()
     try:
         yield server
@@ -253,3 +258,133 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+def free_cluster_port() -> int:
+    """A free port below 55536 whose cluster bus twin, +10000, is free too."""
+    while True:
+        port = free_port()
+        if port >= 55536:
+            continue
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+class RedisCluster:
+    """A real Redis Cluster: three masters and a replica of each, on free
+    ports, that tests may take masters out of."""
+
+    def __init__(self, directory: Path) -> None:
+        self.server = require("redis-server")
+        self.cli = require("redis-cli")
+        self.directory = directory
+        self.ports = [free_cluster_port() for _ in range(6)]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """The URL of the first node, which starts as a master."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        for port in self.ports:
+            node = self.directory / str(port)
+            node.mkdir(parents=True)
+            self.processes[port] = subprocess.Popen(
+                [
+                    *(self.server, "--port", str(port), "--bind", "127.0.0.1"),
+                    *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                    *("--cluster-config-file", str(node / "nodes.conf")),
+                    *("--dir", str(node), "--save", "", "--appendonly", "no"),
+                ],
+                stdout=(node / "redis.log").open("wb"),
+            )
+        for port in self.ports:
+            self.wait_until(port, "PING", "PONG")
+        subprocess.run(
+            [
+                *(self.cli, "--cluster", "create"),
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                *("--cluster-replicas", "1", "--cluster-yes"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for port in self.ports:
+            self.wait_until(port, "CLUSTER INFO", "cluster_state:ok")
+        for port in self.replicas():
+            self.wait_until(port, "INFO replication", "master_link_status:up")
+
+    def command(self, port: int, command: str) -> str:
+        result = subprocess.run(
+            [self.cli, "-p", str(port), *command.split()],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return result.stdout
+
+    def wait_until(self, port: int, command: str, expected: str) -> None:
+        deadline = time.monotonic() + 20
+        while expected not in self.command(port, command):
+            assert time.monotonic() < deadline, f"{command} on {port}: no {expected}"
+            time.sleep(0.1)
+
+    def nodes(self) -> list[list[str]]:
+        """``CLUSTER NODES``, as seen from a live node, a list per node."""
+        live = next(port for port in self.ports if port in self.processes)
+        lines = self.command(live, "CLUSTER NODES").splitlines()
+        return [line.split() for line in lines]
+
+    def masters(self) -> list[int]:
+        return sorted(
+            int(node[1].split(":")[1].split("@")[0])
+            for node in self.nodes()
+            if "master" in node[2] and "fail" not in node[2]
+        )
+
+    def replicas(self) -> list[int]:
+        return sorted(
+            int(node[1].split(":")[1].split("@")[0])
+            for node in self.nodes()
+            if "slave" in node[2] and "fail" not in node[2]
+        )
+
+    def kill(self, port: int) -> None:
+        """Kill a node as a crash would."""
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait()
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            self.kill(port)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A Redis Cluster of its own."""
+    cluster = RedisCluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisCluster]:
+    """One Redis Cluster for the tests that leave it as they found it."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

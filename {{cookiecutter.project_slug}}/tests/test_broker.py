@@ -1,7 +1,7 @@
 """The broker's contract: the same tests against every implementation.
 
 Each test runs against the in-memory broker{% if cookiecutter.use_redis %} and against the Redis one, on a
-real redis-server{% endif %}, in this process.
+real redis-server and on a real Redis Cluster{% endif %}, in this process.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ Delivered = list[tuple[str, str, str]]
 Scenario = Callable[[Broker, Delivered], Awaitable[None]]
 
 {%- if cookiecutter.use_redis %}
-KINDS = ["memory", "redis"]
+KINDS = ["memory", "redis", "cluster"]
 {%- else %}
 KINDS = ["memory"]
 {%- endif %}
@@ -38,11 +38,18 @@ def run_with_broker(
             factory: Callable[[], Broker] = lambda: Broker(**options)  # noqa: E731
 {%- if cookiecutter.use_redis %}
         else:
+            import uuid
+
             from {{ cookiecutter.package_name }}.redis_broker import RedisBroker
 
-            url = request.getfixturevalue("redis_url")
+            if request.param == "redis":
+                url = request.getfixturevalue("redis_url")
+            else:
+                url = request.getfixturevalue("shared_redis_cluster").url
+            # A prefix of its own: the cluster outlives the test.
+            prefix = f"test-{uuid.uuid4().hex}:"
             factory = lambda: RedisBroker(  # noqa: E731
-                url, channel_prefix="test:", ssl_cert_reqs="required", **options
+                url, channel_prefix=prefix, ssl_cert_reqs="required", **options
             )
 {%- endif %}
         asyncio.run(in_broker(factory, scenario))

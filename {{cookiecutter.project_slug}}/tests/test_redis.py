@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -10,6 +11,8 @@ from collections.abc import Callable
 import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
+
+from {{ cookiecutter.package_name }}.redis_broker import RedisBroker
 
 from conftest import PACKAGE, App, RedisServer
 
@@ -312,3 +315,91 @@ def test_a_client_that_joined_while_redis_was_down_is_told_to_resume(
         with pytest.raises(ConnectionClosed):
             client.hear(timeout=20)
         assert client.connection.close_code == 1012
+
+
+def room_channel(room: str) -> str:
+    return f"{PACKAGE}:room:" + "{" + room + "}"
+
+
+def subscribers(redis_server: RedisServer, room: str) -> int:
+    """How many connections are subscribed to the room's channel."""
+    store = redis.Redis(port=redis_server.port, decode_responses=True)
+    ((_, count),) = store.pubsub_numsub(room_channel(room))
+    return count
+
+
+def subscribed_rooms(redis_server: RedisServer) -> set[str]:
+    store = redis.Redis(port=redis_server.port, decode_responses=True)
+    return set(store.pubsub_channels(room_channel("*")))
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
+
+
+def test_a_process_subscribes_only_to_the_rooms_it_has_members_of(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    first, second = start_shared(), start_shared()
+    with first.client("/ws/here"), second.client("/ws/there"):
+        assert subscribers(redis_server, "here") == 1
+        assert subscribers(redis_server, "there") == 1
+
+
+def test_a_room_is_unsubscribed_once_its_last_member_leaves(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    app = start_shared()
+    with app.client("/ws/brief"):
+        with app.client("/ws/brief"):
+            assert subscribers(redis_server, "brief") == 1
+        time.sleep(0.2)
+        assert subscribers(redis_server, "brief") == 1
+    eventually(lambda: subscribers(redis_server, "brief") == 0)
+
+
+def test_a_reconnection_restores_exactly_the_rooms_that_have_members(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    app = start_shared()
+    with app.client("/ws/kept") as kept, app.client("/ws/also"):
+        with app.client("/ws/gone"):
+            pass
+        eventually(lambda: room_channel("gone") not in subscribed_rooms(redis_server))
+        redis.Redis(port=redis_server.port).client_kill_filter(_type="pubsub")
+        app.wait_for_log("broker lost Redis")
+        wait_connected(app)
+        eventually(
+            lambda: (
+                subscribed_rooms(redis_server)
+                == {room_channel("kept"), room_channel("also")}
+            )
+        )
+        kept.say("still here")
+        assert kept.hear_text() == "still here"
+
+
+def test_rooms_joined_in_the_same_moment_are_subscribed_in_one_command(
+    redis_server: RedisServer,
+) -> None:
+    store = redis.Redis(port=redis_server.port, decode_responses=True)
+
+    async def join_together() -> None:
+        broker = RedisBroker(
+            redis_server.url, channel_prefix=f"{PACKAGE}:", ssl_cert_reqs="required"
+        )
+        task = asyncio.create_task(broker.run())
+        await broker.wait_ready()
+        store.config_resetstat()
+        try:
+            await asyncio.gather(*(broker.watch(f"r{n}") for n in range(50)))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await broker.close()
+
+    asyncio.run(join_together())
+    assert store.info("commandstats")["cmdstat_subscribe"]["calls"] == 1

@@ -8,13 +8,14 @@ becomes of this message.
 Joining with ``?since=<id>`` has a seam between the history replayed and
 the live messages, where a message could be lost or shown twice. The order
 that closes it: the connection starts listening first (live messages are
-buffered), and the broker confirms that this process is subscribed to the
-room (see ``Broker.watch``), then the history after ``since`` is read, then the connection
-gets ``joined``, the replay, and the buffered messages the replay did not
-hold. Redis delivers live messages on another connection than the one that
-reads history, so a message can also arrive live *after* the replay that
-held it: until a live message at or past the replay's last id arrives, a
-connection drops live messages the replay already gave it.
+buffered) and the broker confirms that this process is subscribed to the
+room (see ``Broker.watch``), then the history after ``since`` is read,
+then the connection gets ``joined``, the replay, and the buffered messages
+the replay did not hold. Redis delivers live messages on another
+connection than the one that reads history, so a message can also arrive
+live *after* the replay that held it: until a live message at or past the
+replay's last id arrives, a connection drops live messages the replay
+already gave it.
 
 The same seam exists for a whole room when the broker loses its
 subscription to it and gets it back: messages stored meanwhile were never

@@ -92,7 +92,8 @@ UNREACHABLE = (ConnectionError, TimeoutError, OSError)
 #: KEYS: the room's Stream, the client_id's key. ARGV: the room's channel,
 #: HISTORY_SIZE, the trimming operator, HISTORY_TTL in milliseconds, the
 #: message's tail (see protocol.message_tail), protocol.MESSAGE_PREFIX,
-#: PUBLISH or SPUBLISH (on a cluster). Returns the message's id, and 1 if its client_id was seen before.
+#: PUBLISH or SPUBLISH (on a cluster). Returns the message's id, and 1 if
+#: its client_id was seen before.
 #: Redis doesn't roll a script back when a command fails: if recording the
 #: client_id or publishing is refused (out of memory, an ACL), the script
 #: removes what it added, so that a message is never stored unpublished.
@@ -293,7 +294,11 @@ class RedisBroker(Broker):
         except FAILURES as exc:
             self._break(exc)
 
-    def _plan(self, dirty: Iterable[str], changes: dict[tuple[Link, str], list[str]]) -> None:
+    def _plan(
+        self, dirty: Iterable[str], changes: dict[tuple[Link, str], list[str]]
+    ) -> None:
+        """Note each change of subscription in ``changes``, by link and
+        command."""
         for room in dirty:
             subscription = self.subscriptions.get(room)
             if subscription is None and room in self.wanted:
@@ -337,6 +342,11 @@ class RedisBroker(Broker):
         ambiguous (the script may have run), so the message is not kept
         here too: :exc:`Unavailable` tells the client to send it again, and
         its client_id makes that safe.
+
+        A cluster never keeps a message here: it fails over to a replica in
+        seconds, and a message kept by one process would split the room's
+        history. Until then, the rooms of the lost master get
+        :exc:`Unavailable`, and the other rooms go on through Redis.
         """
         if self.redis is not None and self._worth_trying():
             try:
@@ -361,14 +371,14 @@ class RedisBroker(Broker):
                         ],
                     )
             except UNREACHABLE as exc:
-                if self.status == "connected":
+                if self.status == "connected" or self.sharded:
                     raise Unavailable(str(exc)) from None
             except RedisError as exc:  # an error reply: out of memory, say
                 logger.warning("Redis refused a message: %s", exc)
                 raise Unavailable(str(exc)) from None
             else:
                 return Stored(message_id, duplicate=bool(duplicate))
-        elif self.status == "connected":
+        elif self.status == "connected" or self.sharded:
             raise Unavailable("Redis failed a moment ago")
         return self.publish_locally(room, tail, client_id)
 
@@ -516,7 +526,7 @@ class RedisBroker(Broker):
         """Learn whether REDIS_URL names a cluster (once), then open a link
         to the server, or to each master from a fresh view of the cluster."""
         if self.redis is None:
-            probe = redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **self.options)
+            probe = self._subscriber(None, None)
             try:
                 info = await probe.info("cluster")
             finally:
@@ -541,8 +551,10 @@ class RedisBroker(Broker):
         if isinstance(self.redis, RedisCluster):
             # Not redis-py's ClusterPubSub: it resubscribes by itself after
             # a failover, which would skip what was published meanwhile.
+            await self.redis.initialize()  # only the first time
             await self.redis.nodes_manager.initialize()
-            servers = [(node.name, node.host, node.port) for node in self.redis.get_primaries()]
+            primaries = self.redis.get_primaries()
+            servers = [(node.name, node.host, node.port) for node in primaries]
         else:
             servers = [(self.location, None, None)]
         for name, host, port in servers:
@@ -682,7 +694,10 @@ class RedisBroker(Broker):
         if self.status != "disconnected":
             self.status = "disconnected"
             logger.warning(
-                "broker lost Redis at %s (%s): rooms are process-local until it's back",
+                "broker lost Redis at %s (%s): %s until it's back",
                 self.location,
                 exc,
+                "rooms of a lost master refuse messages"
+                if self.sharded
+                else "rooms are process-local",
             )
