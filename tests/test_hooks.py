@@ -113,6 +113,7 @@ OPTION_FILES = {
         "my_websocket_app/redis_broker.py",
         "my_websocket_app/workers.py",
         "tests/test_redis.py",
+        "tests/test_cluster.py",
     },
 }
 #: The flags that share the container image, in every combination; the
