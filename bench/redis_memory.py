@@ -13,11 +13,10 @@ Stream, and prints the total and the cost per room; it asserts nothing.
     python bench/redis_memory.py           # 1,000 rooms x 1,000 messages (2-4 minutes)
     python bench/redis_memory.py --smoke   # 10 rooms x 50 messages: does it work?
 
-The app's subscriber loop is not run: it is what delivers messages to the
-members of this process, and there are none. Its pub/sub connection would
-only hold messages on their way in Redis's output buffers, which ``INFO
-memory`` would count while they drain. Everything a message leaves behind
-in Redis, it leaves through ``publish()``.
+The app's subscriber loop (``run()``) is not run: it delivers messages to
+the members of this process, and there are none, so it would subscribe to
+no room. Everything a message leaves behind in Redis, it leaves through
+``publish()``.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ def app_modules(project: Path, package: str) -> tuple[Any, Any]:
     return protocol, importlib.import_module(f"{package}.redis_broker")
 
 
-def connected_broker(
+async def connected_broker(
     project: Path, package: str, port: int, history_size: int, history_ttl: float
 ) -> Any:
     """A RedisBroker as the app's create_broker() makes one, ready to publish."""
@@ -80,22 +79,19 @@ def connected_broker(
         history_size=history_size,
         history_ttl=history_ttl,
     )
-    # What the subscriber loop says once it hears Redis (see the docstring);
-    # publish() sends to Redis only then.
-    broker.status = "connected"
-    return broker
-
-
-async def wait_for_redis(client: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 10
     while True:
         try:
-            await client.ping()
-            return
+            await broker.connect()  # what run() does first
+            break
         except FAILURES as exc:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer: {exc!r}") from None
             await asyncio.sleep(0.05)
+    # What run() says once its subscriber hears Redis (see the docstring);
+    # publish() treats a failure as Redis's only then.
+    broker.status = "connected"
+    return broker
 
 
 async def publish_all(
@@ -109,7 +105,7 @@ async def publish_all(
 ) -> None:
     """Publish ``messages`` to each of ``rooms``, ``CONCURRENCY`` at a time."""
     protocol, _ = app_modules(project, package)
-    broker = connected_broker(project, package, port, history_size, history_ttl)
+    broker = await connected_broker(project, package, port, history_size, history_ttl)
 
     async def worker(share: list[str]) -> None:
         for _ in range(messages):
@@ -150,12 +146,11 @@ async def fill(
     RedisBroker, from ``processes`` processes (one per CPU by default); return
     what Redis holds afterwards."""
     protocol, _ = app_modules(project, package)
-    broker = connected_broker(project, package, port, history_size, history_ttl)
+    broker = await connected_broker(project, package, port, history_size, history_ttl)
     client = broker.redis
     names = [f"room{i}" for i in range(rooms)]
     processes = max(1, min(processes or len(ALLOWED_CPUS), rooms))
     try:
-        await wait_for_redis(client)
         # One message first, so that the script is loaded before the first
         # reading; it is taken out again.
         await broker.publish("warm-up", protocol.message_tail("warm-up", None, "x"), None)

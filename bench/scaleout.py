@@ -24,10 +24,15 @@ Modes: ``redis`` (one redis-server), ``cluster-1`` (a cluster of one master
 owning every slot) and ``cluster-3`` (three masters, no replicas: replicas
 would add their replication stream to the bytes, equally in every mode).
 
-    python bench/scaleout.py            # about 2 minutes
-    python bench/scaleout.py --smoke    # about 30 s, tiny counts: does it work?
+    python bench/scaleout.py            # about 2 minutes; rewrites bench/SCALEOUT.md
+    python bench/scaleout.py --compare ../old-checkout   # also the old one, interleaved
+    python bench/scaleout.py --smoke    # about 30 s, tiny counts, writes nothing
 
-It prints a table and asserts nothing; ``--json FILE`` writes the numbers.
+``--compare`` runs another checkout of the template in the same rounds, in
+the modes it supports (``--compare-modes``; before Redis Cluster support,
+``redis`` and ``cluster-1``), interleaved with this one, three rounds each:
+the table gives medians. It asserts nothing; ``--json FILE`` writes the
+numbers.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import cpu
 import redis.asyncio as redis
 from cookiecutter.main import cookiecutter
 from procs import CLIENT_CPU, SERVER_CPU, ServerProcess, free_port, pinning
-from targets import TEMPLATE, TEMPLATE_SETTINGS, base_environment, stdout_to_stderr
+from targets import BENCH, TEMPLATE, TEMPLATE_SETTINGS, base_environment, stdout_to_stderr
 from websockets.asyncio.client import connect
 
 MODES = ("redis", "cluster-1", "cluster-3")
@@ -282,39 +287,67 @@ async def latency(a: ServerProcess, b: ServerProcess, probes: int) -> dict[str, 
     }
 
 
+async def measure_once(
+    project: Path, package: str, mode: str, directory: Path, counts: tuple[float, int, int]
+) -> dict[str, float]:
+    """One round of every experiment, for one baked project in one mode."""
+    seconds, limit, probes = counts
+    directory.mkdir(parents=True)
+    with redis_mode(mode, directory) as ports:
+        url = f"redis://127.0.0.1:{ports[0]}/0"
+        async with instances(project, package, url, directory) as (a, b):
+            share = await foreign_share(a, b, ports, seconds, limit)
+            delay = await latency(a, b, probes)
+            for server in (a, b):
+                if server.popen.poll() is not None:
+                    raise RuntimeError(f"an instance exited:\n{server.log_tail()}")
+    return {**share, **delay}
+
+
 async def measure(
-    template: Path, modes: list[str], seconds: float, limit: int, probes: int
+    templates: dict[str, tuple[Path, list[str]]], rounds: int, counts: tuple[float, int, int]
 ) -> dict[str, Any]:
+    """Every template in each of its modes, rounds interleaved; medians."""
     if pinning():
         os.sched_setaffinity(0, {CLIENT_CPU})
-    results: dict[str, Any] = {"template": str(template), "modes": {}}
+    rows: dict[str, dict[str, list[dict[str, float]]]] = {label: {} for label in templates}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
-        project, package = bake(template, directory / "bake")
-        for mode in modes:
-            logs = directory / mode
-            logs.mkdir()
-            with redis_mode(mode, logs) as ports:
-                url = f"redis://127.0.0.1:{ports[0]}/0"
-                async with instances(project, package, url, logs) as (a, b):
-                    share = await foreign_share(a, b, ports, seconds, limit)
-                    delay = await latency(a, b, probes)
-                    for server in (a, b):
-                        if server.popen.poll() is not None:
-                            raise RuntimeError(f"an instance exited:\n{server.log_tail()}")
-            results["modes"][mode] = {**share, **delay}
-    return results
+        baked = {
+            label: bake(path, directory / label / "bake") for label, (path, _) in templates.items()
+        }
+        for n in range(rounds):
+            for mode in MODES:
+                for label, (_, modes) in templates.items():
+                    if mode in modes:
+                        project, package = baked[label]
+                        where = directory / label / f"{mode}-{n}"
+                        row = await measure_once(project, package, mode, where, counts)
+                        rows[label].setdefault(mode, []).append(row)
+    return {
+        "rounds": rounds,
+        "templates": {
+            label: {
+                "path": str(templates[label][0]),
+                "modes": {
+                    mode: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                    for mode, runs in by_mode.items()
+                },
+            }
+            for label, by_mode in rows.items()
+        },
+    }
 
 
-def table(results: dict[str, Any]) -> str:
+def table(label: str, result: dict[str, Any]) -> str:
     lines = [
-        f"Template: {results['template']}",
+        f"**{label}** ({result['path']})",
         "",
         "| mode | msg/s | foreign share | bytes to B per msg | latency p50 / p99 ms "
         "| Redis commands per msg | Redis CPU µs per msg | Redis bytes out per msg |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for mode, row in results["modes"].items():
+    for mode, row in result["modes"].items():
         lines.append(
             f"| {mode} | {row['rate']:,.0f} | {row['foreign_share']:.1%} "
             f"| {row['bytes_to_b_per_message']:,.1f} "
@@ -326,20 +359,53 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report(results: dict[str, Any], smoke: bool) -> str:
+    tables = "\n\n".join(table(label, r) for label, r in results["templates"].items())
+    if smoke:
+        return tables
+    commit = subprocess.run(
+        ["git", "-C", str(TEMPLATE), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    redis_version = (
+        subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+        .stdout.split()[2]
+        .removeprefix("v=")
+    )
+    return f"""# Scale-out: what an instance pays for rooms it doesn't serve
+
+Written by `python bench/scaleout.py` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())};
+template at commit {commit}; Python {sys.version.split()[0]}, redis-server {redis_version},
+{os.cpu_count()} CPUs. Benchmarks, not tests: nothing here
+is asserted. Medians of {results["rounds"]} rounds, the templates' rounds interleaved; only
+numbers from the same run compare. What each column means: the docstring of
+`bench/scaleout.py`.
+
+{tables}
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny counts: does it work?")
-    parser.add_argument("--template", type=Path, default=TEMPLATE)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, writes nothing")
+    parser.add_argument("--compare", type=Path, help="another checkout of the template")
+    parser.add_argument("--compare-modes", default="redis,cluster-1")
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
+    templates = {"this template": (TEMPLATE, list(MODES))}
+    if options.compare is not None:
+        modes = options.compare_modes.split(",")
+        templates[f"compared: {options.compare.name}"] = (options.compare.resolve(), modes)
     if options.smoke:
-        seconds, limit, probes = 1.0, 200, 20
+        rounds, counts = 1, (1.0, 200, 20)
     else:
-        seconds, limit, probes = 10.0, 100_000, 500
-    modes = options.modes.split(",")
-    results = asyncio.run(measure(options.template.resolve(), modes, seconds, limit, probes))
-    print(table(results))
+        rounds, counts = 3, (10.0, 100_000, 500)
+    results = asyncio.run(measure(templates, rounds, counts))
+    text = report(results, options.smoke)
+    print(text)
+    if not options.smoke:
+        (BENCH / "SCALEOUT.md").write_text(text)
     if options.json:
         options.json.write_text(json.dumps(results, indent=2))
 

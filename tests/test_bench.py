@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,3 +215,25 @@ def test_the_connections_benchmark_smoke_mode_prints_its_numbers() -> None:
     assert re.search(r"server memory per idle connection: -?[\d.]+ KiB", result.stdout)
     assert re.search(r"deliveries: [1-9]\d* in", result.stdout), result.stdout
     assert re.search(r"server CPU per delivery: [\d.]+ us", result.stdout)
+
+
+def test_the_scaleout_benchmark_smoke_mode_measures_every_redis_mode(
+    tmp_path: Path,
+) -> None:
+    require_tool("redis-server")
+    output = tmp_path / "scaleout.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "scaleout.py"), "--smoke", "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    modes = json.loads(output.read_text())["templates"]["this template"]["modes"]
+    assert list(modes) == ["redis", "cluster-1", "cluster-3"]
+    for row in modes.values():
+        assert row["messages"] > 0 and row["cpu_a_s"] > 0 and row["cpu_b_s"] >= 0
+        # The script's own: EVALSHA, then GET, XADD, PEXPIRE, SET, (S)PUBLISH.
+        assert row["redis_commands_per_message"] >= 6
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert re.search(r"\| cluster-3 \| [\d,]+ \| [\d.]+% \|", result.stdout), result.stdout

@@ -522,32 +522,38 @@ class RedisBroker(Broker):
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, LAST_RETRY_DELAY)
 
+    async def connect(self) -> None:
+        """Learn whether REDIS_URL names a cluster, and make the client that
+        sends commands: the first time only. run() calls it."""
+        if self.redis is not None:
+            return
+        probe = self._subscriber(None, None)
+        try:
+            info = await probe.info("cluster")
+        finally:
+            await probe.aclose()
+        self.sharded = info.get("cluster_enabled") == 1
+        if self.sharded:
+            # Commands follow MOVED and refresh the view of the cluster
+            # by themselves; a few quick retries cover a failover.
+            self.redis = RedisCluster.from_url(
+                self.url,
+                retry=Retry(ExponentialWithJitterBackoff(0.5, 0.05), 3),
+                **self.options,
+            )
+        else:
+            # Retry once, at once: after Redis restarts, the first
+            # command on each pooled connection fails. Beyond that, a
+            # publish falls back to local delivery.
+            self.redis = redis.from_url(
+                self.url, retry=Retry(NoBackoff(), 1), **self.options
+            )
+        self.store_and_publish = self.redis.register_script(STORE_AND_PUBLISH)
+
     async def _open(self) -> None:
-        """Learn whether REDIS_URL names a cluster (once), then open a link
-        to the server, or to each master from a fresh view of the cluster."""
-        if self.redis is None:
-            probe = self._subscriber(None, None)
-            try:
-                info = await probe.info("cluster")
-            finally:
-                await probe.aclose()
-            self.sharded = info.get("cluster_enabled") == 1
-            if self.sharded:
-                # Commands follow MOVED and refresh the view of the cluster
-                # by themselves; a few quick retries cover a failover.
-                self.redis = RedisCluster.from_url(
-                    self.url,
-                    retry=Retry(ExponentialWithJitterBackoff(0.5, 0.05), 3),
-                    **self.options,
-                )
-            else:
-                # Retry once, at once: after Redis restarts, the first
-                # command on each pooled connection fails. Beyond that, a
-                # publish falls back to local delivery.
-                self.redis = redis.from_url(
-                    self.url, retry=Retry(NoBackoff(), 1), **self.options
-                )
-            self.store_and_publish = self.redis.register_script(STORE_AND_PUBLISH)
+        """Open a link to the server, or to each master from a fresh view
+        of the cluster."""
+        await self.connect()
         if isinstance(self.redis, RedisCluster):
             # Not redis-py's ClusterPubSub: it resubscribes by itself after
             # a failover, which would skip what was published meanwhile.
