@@ -403,3 +403,32 @@ def test_rooms_joined_in_the_same_moment_are_subscribed_in_one_command(
 
     asyncio.run(join_together())
     assert store.info("commandstats")["cmdstat_subscribe"]["calls"] == 1
+
+
+def test_a_quiet_subscriber_connection_is_kept_by_its_heartbeat(
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from {{ cookiecutter.package_name }} import redis_broker
+
+    async def stay_quiet() -> str:
+        broker = RedisBroker(
+            redis_server.url, channel_prefix=f"{PACKAGE}:", ssl_cert_reqs="required"
+        )
+        # Many heartbeats in a short test; sockets keep the usual timeout.
+        monkeypatch.setattr(redis_broker, "HEARTBEAT_INTERVAL", 0.05)
+        monkeypatch.setattr(redis_broker, "REDIS_TIMEOUT", 0.3)
+        task = asyncio.create_task(broker.run())
+        await broker.wait_ready()
+        try:
+            assert await broker.watch("quiet")
+            await asyncio.sleep(1.5)
+            return broker.status
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await broker.close()
+
+    assert asyncio.run(stay_quiet()) == "connected"
+    assert "broker lost Redis" not in caplog.text

@@ -184,12 +184,15 @@ class Broker:
         finds them."""
         self._resubscribed.append(callback)
 
-    async def watch(self, room: str) -> None:
+    async def watch(self, room: str) -> bool:
         """Deliver the room's messages here from now on: it has a member.
 
-        Returns once every message stored from then on is sure to be
-        delivered, so that history read afterwards misses nothing.
+        Returns True once every message stored from then on is sure to be
+        delivered, so that history read afterwards misses nothing; False if
+        that isn't sure yet (the broker can't reach its server): the room
+        is then caught up once it is (see :meth:`on_resubscribed`).
         """
+        return True
 
     def unwatch(self, room: str) -> None:
         """Stop delivering the room's messages here: its last member left."""

@@ -208,7 +208,10 @@ class Hub:
         joining = _Joining()
         self.joining.setdefault(room, {})[connection] = joining
         # Listen first, so that history read afterwards misses nothing.
-        await self.broker.watch(room)
+        if not await self.broker.watch(room) and room not in self.last_ids:
+            # History read now may miss what is stored before the broker
+            # listens: when it does, catch_up() has its members resume.
+            self.last_ids[room] = UNKNOWN
         if since is not None and len(since) > MAX_SINCE_LENGTH:
             replay = Replay(False, [], None)
         else:

@@ -52,13 +52,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import (
-    ConnectionError,
-    RedisClusterException,
-    RedisError,
-    TimeoutError,
-)
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import protocol
 from .broker import Broker, Replay, Stored, Unavailable
@@ -74,8 +71,8 @@ LAST_RETRY_DELAY = 2.0
 
 #: Seconds a Redis command may take before Redis counts as unreachable.
 REDIS_TIMEOUT = 5.0
-#: Seconds between heartbeats; one not heard back within REDIS_TIMEOUT
-#: means the round trip through Redis is broken.
+#: Seconds of silence on a subscriber connection before it sends PING;
+#: REDIS_TIMEOUT more of silence means the connection is broken.
 HEARTBEAT_INTERVAL = 2.0
 #: Seconds between attempts to publish to Redis once publishing failed.
 PUBLISH_RETRY_INTERVAL = 1.0
@@ -87,7 +84,8 @@ SWEEP_INTERVAL = 10.0
 #: RedisClusterException: no master owns a slot, as during a failover.
 FAILURES = (RedisError, RedisClusterException, OSError)
 #: Failures that say Redis is out of reach, as opposed to an error reply.
-UNREACHABLE = (ConnectionError, TimeoutError, OSError)
+#: RedisClusterException: no node answers, or no master owns a slot.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
 
 #: KEYS: the room's Stream, the client_id's key. ARGV: the room's channel,
 #: HISTORY_SIZE, the trimming operator, HISTORY_TTL in milliseconds, the
@@ -247,19 +245,18 @@ class RedisBroker(Broker):
     def channel(self, room: str) -> str:
         return self.rooms_prefix + hash_tag(room)
 
-    async def watch(self, room: str) -> None:
-        """Subscribe to the room, and return once Redis has confirmed it.
+    async def watch(self, room: str) -> bool:
+        """Subscribe to the room; return True once Redis has confirmed it.
 
-        While Redis is out of reach, return at once: the room is subscribed
-        when it is back, and catches up from history then.
+        While Redis is out of reach, return False at once: the room is
+        subscribed when it is back, and catches up from history then.
         """
         self.wanted.add(room)
-        subscription = self.subscriptions.get(room)
-        if subscription is not None and subscription.state == SUBSCRIBED:
-            return
+        if self._subscribed(room):
+            return True
         self._changed(room)
         if self.status != "connected":
-            return
+            return False
         waiter = self.waiters.get(room)
         if waiter is None:
             waiter = self.waiters[room] = asyncio.get_running_loop().create_future()
@@ -268,6 +265,11 @@ class RedisBroker(Broker):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(REDIS_TIMEOUT):
                 await asyncio.shield(waiter)
+        return self._subscribed(room)
+
+    def _subscribed(self, room: str) -> bool:
+        subscription = self.subscriptions.get(room)
+        return subscription is not None and subscription.state == SUBSCRIBED
 
     def unwatch(self, room: str) -> None:
         """Unsubscribe from the room: its last member here has left."""
@@ -283,16 +285,21 @@ class RedisBroker(Broker):
 
     async def _flush(self) -> None:
         """Subscribe and unsubscribe the rooms that changed, one command per
-        link where Redis allows it."""
-        self.flushing = None
-        dirty, self.dirty = self.dirty, set()
-        changes: dict[tuple[Link, str], list[str]] = {}
+        link where Redis allows it, until nothing more has changed."""
         try:
-            self._plan(dirty, changes)
-            for (link, command), channels in changes.items():
-                await link.send(command, channels)
+            while self.dirty:
+                dirty, self.dirty = self.dirty, set()
+                changes: dict[tuple[Link, str], list[str]] = {}
+                self._plan(dirty, changes)
+                for (link, command), channels in changes.items():
+                    await link.send(command, channels)
         except FAILURES as exc:
             self._break(exc)
+        except Exception as exc:
+            logger.warning("subscribing failed: %r", exc)  # a bug: start over
+            self._break(exc)
+        finally:
+            self.flushing = None
 
     def _plan(
         self, dirty: Iterable[str], changes: dict[tuple[Link, str], list[str]]
@@ -328,8 +335,10 @@ class RedisBroker(Broker):
             node = self.redis.get_node_from_key(self.channel(room))
             link = self.links.get(node.name)
             if link is None:  # the cluster changed: run() opens links again
-                raise ConnectionError(f"no subscriber connection to {node.name}")
+                raise RedisConnectionError(f"no subscriber connection to {node.name}")
             return link
+        if not self.links:
+            raise RedisConnectionError("no subscriber connection")
         return next(iter(self.links.values()))
 
     async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
@@ -392,7 +401,7 @@ class RedisBroker(Broker):
         """
         probe = self.publish_failing
         self.probing = self.probing or probe
-        patience = None if self.status == "connected" else DISCONNECTED_TIMEOUT
+        patience = REDIS_TIMEOUT if self.status == "connected" else DISCONNECTED_TIMEOUT
         try:
             async with asyncio.timeout(patience):
                 yield
@@ -428,7 +437,7 @@ class RedisBroker(Broker):
 
     async def replay_shared(self, room: str, since: str | None) -> Replay:
         if self.redis is None:
-            raise ConnectionError("Redis not reached yet")
+            raise RedisConnectionError("Redis not reached yet")
         if since is None:
             async with self._attempt():
                 entries = await self.redis.xrange(self.history_key(room))
@@ -438,7 +447,7 @@ class RedisBroker(Broker):
             return Replay(False, [], None)
         replay = await self._read(room, since)
         if replay is None:
-            raise ConnectionError("history unavailable")
+            raise RedisConnectionError("history unavailable")
         return replay
 
     async def replay(self, room: str, since: str | None) -> Replay:
@@ -530,16 +539,20 @@ class RedisBroker(Broker):
         probe = self._subscriber(None, None)
         try:
             info = await probe.info("cluster")
+        except ResponseError as exc:  # an ACL without INFO: not a cluster
+            logger.info("INFO refused (%s): Redis taken for one server", exc)
+            info = {}
         finally:
             await probe.aclose()
         self.sharded = info.get("cluster_enabled") == 1
         if self.sharded:
-            # Commands follow MOVED and refresh the view of the cluster
-            # by themselves; a few quick retries cover a failover.
+            # Commands follow MOVED by themselves, and each retry first
+            # refreshes the view of the cluster, which finds a slot that
+            # moved or a replica promoted. redis-py retries them at once,
+            # without backoff: while a master is down, its rooms' messages
+            # get "unavailable" instead.
             self.redis = RedisCluster.from_url(
-                self.url,
-                retry=Retry(ExponentialWithJitterBackoff(0.5, 0.05), 3),
-                **self.options,
+                self.url, retry=Retry(NoBackoff(), 2), **self.options
             )
         else:
             # Retry once, at once: after Redis restarts, the first
@@ -569,14 +582,20 @@ class RedisBroker(Broker):
             await link.open(self.heartbeat_channel)
 
     def _subscriber(self, host: str | None, port: int | None) -> redis.Redis:
-        """A client that never retries, for REDIS_URL or one of its nodes."""
+        """A client that never retries, for REDIS_URL or one of its nodes.
+
+        It doesn't decode: redis-py reads a PING's answer in subscribed mode
+        as "pong" only as bytes (with RESP3, Redis answers a plain PONG).
+        """
         url = self.url
         if host is not None:
             parts = urlsplit(url)
             credentials = parts.netloc.rpartition("@")[0]
-            netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6
+            netloc = f"{credentials}@{address}" if credentials else address
             url = urlunsplit(parts._replace(netloc=netloc))
-        return redis.from_url(url, retry=Retry(NoBackoff(), 0), **self.options)
+        options = {**self.options, "decode_responses": False}
+        return redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
     async def _serve(self) -> None:
         """Run every link until one fails."""
@@ -591,28 +610,39 @@ class RedisBroker(Broker):
             )
             for task in done:
                 task.result()  # raises what broke the link
-                raise ConnectionError("subscriber connection closed")
+                raise RedisConnectionError("subscriber connection closed")
             self.local_history.sweep()
 
     async def _listen(self, link: Link) -> None:
-        """Deliver the link's room messages until its heartbeat stops."""
+        """Deliver the link's room messages until it falls silent.
+
+        Anything Redis sends shows that the link works; after
+        HEARTBEAT_INTERVAL of silence, a PING asks for something, and
+        REDIS_TIMEOUT more of silence means the link is broken. Only
+        silence counts: time spent here catching rooms up does not.
+        """
         loop = asyncio.get_running_loop()
         pubsub = link.pubsub
-        next_beat = loop.time() + HEARTBEAT_INTERVAL
-        pinged: float | None = None
+        heard = loop.time()
+        pinged = False
         while True:
+            silence = HEARTBEAT_INTERVAL + (REDIS_TIMEOUT if pinged else 0.0)
+            wait = max(0.01, heard + silence - loop.time())
+            event = await pubsub.get_message(timeout=wait)
             now = loop.time()
-            if pinged is None and now >= next_beat:
-                await pubsub.ping()
-                pinged = now
-            elif pinged is not None and now - pinged > REDIS_TIMEOUT:
-                raise TimeoutError(f"heartbeat not answered by {link.name}")
-            event = await pubsub.get_message(timeout=0.5)
             if event is None:
+                if now - heard < silence:
+                    continue
+                if pinged:
+                    raise RedisTimeoutError(f"heartbeat not answered by {link.name}")
+                await pubsub.ping()
+                pinged = True
                 continue
+            heard, pinged = now, False
             kind = event["type"]
             if kind in ("message", "smessage"):
-                channel, frame = event["channel"], event["data"]
+                channel = event["channel"].decode()
+                frame = event["data"].decode()
                 if not (
                     channel.startswith(self.rooms_prefix)
                     and frame.startswith(protocol.MESSAGE_PREFIX)
@@ -620,13 +650,10 @@ class RedisBroker(Broker):
                     continue  # not ours: someone else uses the prefix
                 room = channel[len(self.rooms_prefix) + 1 : -1]
                 self.deliver_locally(room, protocol.message_id(frame), frame)
-            elif kind == "pong":
-                pinged = None
-                next_beat = loop.time() + HEARTBEAT_INTERVAL
             elif kind in ("subscribe", "ssubscribe"):
-                await self._confirmed(link, event["channel"], subscribed=True)
+                await self._confirmed(link, event["channel"].decode(), subscribed=True)
             elif kind in ("unsubscribe", "sunsubscribe"):
-                await self._confirmed(link, event["channel"], subscribed=False)
+                await self._confirmed(link, event["channel"].decode(), subscribed=False)
 
     async def _confirmed(self, link: Link, channel: str, *, subscribed: bool) -> None:
         """Record what Redis confirmed; catch a room up once subscribed."""
@@ -655,7 +682,7 @@ class RedisBroker(Broker):
         elif not subscribed:
             # Redis unsubscribed the room by itself: its slot has moved to
             # another master. Open every link again from the new view.
-            raise ConnectionError(f"{link.name} no longer serves room {room}")
+            raise RedisConnectionError(f"{link.name} no longer serves room {room}")
 
     async def _close_links(self) -> None:
         """Forget every subscription, and let waiting joins go on: the rooms
@@ -670,6 +697,7 @@ class RedisBroker(Broker):
             self.broken = None
         if self.flushing is not None:
             self.flushing.cancel()
+            await asyncio.gather(self.flushing, return_exceptions=True)
             self.flushing = None
         self.dirty = set(self.wanted)
         for waiter in self.waiters.values():
@@ -680,6 +708,7 @@ class RedisBroker(Broker):
             await link.close()
 
     async def close(self) -> None:
+        self.status = "disconnected"  # quietly: the process is stopping
         await self._close_links()
         if self.redis is not None:
             await self.redis.aclose()
