@@ -279,7 +279,9 @@ class RedisCluster:
     """A real Redis Cluster: three masters and a replica of each, on free
     ports, that tests may take masters out of."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
+        #: More redis-server options for every node.
+        self.options = options
         self.server = require("redis-server")
         self.cli = require("redis-cli")
         self.directory = directory
@@ -301,6 +303,7 @@ class RedisCluster:
                     *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
                     *("--cluster-config-file", str(node / "nodes.conf")),
                     *("--dir", str(node), "--save", "", "--appendonly", "no"),
+                    *self.options,
                 ],
                 stdout=(node / "redis.log").open("wb"),
             )
@@ -354,6 +357,13 @@ class RedisCluster:
             for node in self.nodes()
             if "slave" in node[2] and "fail" not in node[2]
         )
+
+    def replica_of(self, master: int) -> int:
+        nodes = self.nodes()
+        address = f"127.0.0.1:{master}@"
+        (master_id,) = (node[0] for node in nodes if node[1].startswith(address))
+        (replica,) = (node[1] for node in nodes if node[3] == master_id)
+        return int(replica.split(":")[1].split("@")[0])
 
     def kill(self, port: int) -> None:
         """Kill a node as a crash would."""

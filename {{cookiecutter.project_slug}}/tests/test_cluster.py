@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
@@ -191,3 +192,46 @@ def test_resume_after_a_failover_replays_from_the_replica(
     with second.client(f"/ws/{room}?since={seen}") as resumed:
         assert resumed.joined["recovered"] is True
         assert resumed.hear_text().startswith(f"{room} after the failover")
+
+
+def test_rooms_of_the_other_masters_go_on_while_one_master_is_lost(
+    start_app: Callable[..., App], tmp_path: Path
+) -> None:
+    # Its replica dies with it, so that no failover ends the outage; the
+    # other masters go on serving their slots.
+    partial = ("--cluster-require-full-coverage", "no")
+    cluster = RedisCluster(tmp_path / "cluster", *partial)
+    cluster.start()
+    try:
+        first = start_app(REDIS_URL=cluster.url)
+        second = start_app(REDIS_URL=cluster.url)
+        for app in (first, second):
+            wait_connected(app)
+        rooms = rooms_by_master(cluster, 1)
+        lost = next(port for port in rooms if port != cluster.ports[0])
+        with (
+            first.client(f"/ws/{rooms[lost][0]}") as stranded,
+            contextlib.ExitStack() as stack,
+        ):
+            pairs = {
+                port: (
+                    stack.enter_context(first.client(f"/ws/{names[0]}")),
+                    stack.enter_context(second.client(f"/ws/{names[0]}")),
+                )
+                for port, names in rooms.items()
+                if port != lost
+            }
+            cluster.kill(cluster.replica_of(lost))
+            cluster.kill(lost)
+            deadline = time.monotonic() + FAILOVER_DEADLINE
+            for port, (alice, bob) in pairs.items():
+                crosses_again(alice, bob, rooms[port][0], deadline)
+            client_id = stranded.say("nowhere to go")
+            error = stranded.error(timeout=10)
+            assert (error["error"], error["client_id"]) == ("unavailable", client_id)
+        for app in (first, second):
+            assert b"broker: degraded" in app.request("GET", "/healthz")[1]
+            assert app.process.poll() is None, app.log
+            assert "ERROR" not in app.log, app.log
+    finally:
+        cluster.stop()

@@ -45,7 +45,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -218,10 +218,15 @@ class RedisBroker(Broker):
         #: Set by run() only: it alone knows whether messages published to
         #: Redis come back to this process.
         self.status = "connecting"
-        self.publish_failing = False
-        self.publish_failed_at = 0.0
-        #: Set while one command tries Redis again after a failure.
-        self.probing = False
+        #: Servers whose last command failed, and when; by server name ("" for
+        #: one server).
+        self.failing: dict[str, float] = {}
+        #: Servers that one command is trying again after a failure.
+        self.probing: set[str] = set()
+        #: Masters of the cluster that no link reaches: their rooms wait.
+        self.missing: set[str] = set()
+        #: Wanted rooms whose master no link reaches yet.
+        self.stranded: set[str] = set()
         self.ready = asyncio.Event()
         #: Subscriber connections, by server.
         self.links: dict[str, Link] = {}
@@ -235,6 +240,7 @@ class RedisBroker(Broker):
         self.flushing: asyncio.Task[None] | None = None
         #: Set when something other than a link's reader finds a link broken.
         self.broken: asyncio.Future[None] | None = None
+        self.background: set[asyncio.Future[object]] = set()
 
     def history_key(self, room: str) -> str:
         return f"{self.prefix}{hash_tag(room)}:history"
@@ -255,7 +261,7 @@ class RedisBroker(Broker):
         if self._subscribed(room):
             return True
         self._changed(room)
-        if self.status != "connected":
+        if not self._reachable(room):
             return False
         waiter = self.waiters.get(room)
         if waiter is None:
@@ -280,7 +286,7 @@ class RedisBroker(Broker):
         """Flush subscriptions once the current turn of the loop is over,
         together with every other change made meanwhile."""
         self.dirty.add(room)
-        if self.flushing is None and self.status == "connected":
+        if self.flushing is None and self.links:
             self.flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
@@ -309,7 +315,13 @@ class RedisBroker(Broker):
         for room in dirty:
             subscription = self.subscriptions.get(room)
             if subscription is None and room in self.wanted:
-                link = self._owner(room)
+                try:
+                    link = self._owner(room)
+                except RedisClusterException:  # no master owns it right now
+                    link = None
+                if link is None:  # run() subscribes it once a link reaches it
+                    self.stranded.add(room)
+                    continue
                 self.subscriptions[room] = _Subscription(link, SUBSCRIBING)
                 key = (link, link.subscribe_command)
             elif (
@@ -329,17 +341,15 @@ class RedisBroker(Broker):
         if self.broken is not None and not self.broken.done():
             self.broken.set_exception(exc)
 
-    def _owner(self, room: str) -> Link:
-        """The link to the server that owns the room's channel."""
+    def _owner(self, room: str) -> Link | None:
+        """The link to the server that owns the room's channel, if any.
+
+        Raises RedisClusterException if no master owns it right now.
+        """
         if isinstance(self.redis, RedisCluster):
             node = self.redis.get_node_from_key(self.channel(room))
-            link = self.links.get(node.name)
-            if link is None:  # the cluster changed: run() opens links again
-                raise RedisConnectionError(f"no subscriber connection to {node.name}")
-            return link
-        if not self.links:
-            raise RedisConnectionError("no subscriber connection")
-        return next(iter(self.links.values()))
+            return self.links.get(node.name)
+        return next(iter(self.links.values()), None)
 
     async def publish(self, room: str, tail: str, client_id: str | None) -> Stored:
         """Store and publish through Redis; while the subscriber is away from
@@ -357,9 +367,10 @@ class RedisBroker(Broker):
         history. Until then, the rooms of the lost master get
         :exc:`Unavailable`, and the other rooms go on through Redis.
         """
-        if self.redis is not None and self._worth_trying():
+        server = self._server_of(room)
+        if self.redis is not None and self._worth_trying(server):
             try:
-                async with self._attempt():
+                async with self._attempt(server, room):
                     message_id, duplicate = await self.store_and_publish(
                         keys=[
                             self.history_key(room),
@@ -392,54 +403,73 @@ class RedisBroker(Broker):
         return self.publish_locally(room, tail, client_id)
 
     @contextlib.asynccontextmanager
-    async def _attempt(self) -> AsyncIterator[None]:
-        """Track whether Redis answers; one attempt at a time once it failed.
+    async def _attempt(self, server: str, room: str) -> AsyncIterator[None]:
+        """Track whether a server answers; one attempt at a time once it
+        failed.
 
-        While the subscriber is away from Redis, give up after a moment: a
+        While the room's subscription is lost, give up after a moment: a
         Redis that only blinked answers at once, and one that hangs must not
         hold up this message or this join for REDIS_TIMEOUT.
         """
-        probe = self.publish_failing
-        self.probing = self.probing or probe
-        patience = REDIS_TIMEOUT if self.status == "connected" else DISCONNECTED_TIMEOUT
+        probe = server in self.failing
+        if probe:
+            self.probing.add(server)
+        patience = REDIS_TIMEOUT if self._reachable(room) else DISCONNECTED_TIMEOUT
         try:
             async with asyncio.timeout(patience):
                 yield
         except UNREACHABLE as exc:
-            self._failed(exc)
+            self._failed(server, exc)
             raise
         else:
-            self._worked()
+            self._worked(server)
         finally:
             if probe:
-                self.probing = False
+                self.probing.discard(server)
 
-    def _worth_trying(self) -> bool:
-        """Whether to send commands to Redis: after a failure, only every
+    def _worth_trying(self, server: str) -> bool:
+        """Whether to send commands to a server: after a failure, only every
         PUBLISH_RETRY_INTERVAL, so that a Redis that hangs doesn't hold up
         every message for REDIS_TIMEOUT."""
-        if not self.publish_failing:
+        failed_at = self.failing.get(server)
+        if failed_at is None:
             return True
-        if self.probing:
+        if server in self.probing:
             return False  # another command is finding out
-        return time.monotonic() - self.publish_failed_at >= PUBLISH_RETRY_INTERVAL
+        return time.monotonic() - failed_at >= PUBLISH_RETRY_INTERVAL
 
-    def _failed(self, exc: BaseException) -> None:
-        self.publish_failed_at = time.monotonic()
-        if not self.publish_failing:
-            self.publish_failing = True
-            logger.warning("Redis command failed: %s", exc)
+    def _failed(self, server: str, exc: BaseException) -> None:
+        if server not in self.failing:
+            where = f" on {server}" if server else ""
+            logger.warning("Redis command failed%s: %s", where, exc)
+        self.failing[server] = time.monotonic()
 
-    def _worked(self) -> None:
-        if self.publish_failing:
-            self.publish_failing = False
-            logger.info("Redis commands work again")
+    def _worked(self, server: str) -> None:
+        if self.failing.pop(server, None) is not None:
+            where = f" on {server}" if server else ""
+            logger.info("Redis commands work again%s", where)
+
+    def _server_of(self, room: str) -> str:
+        """The name of the server that holds the room: "" for one server."""
+        if not isinstance(self.redis, RedisCluster):
+            return ""
+        try:
+            return self.redis.get_node_from_key(self.history_key(room)).name
+        except RedisClusterException:  # no master owns the slot right now
+            return "?"
+
+    def _reachable(self, room: str) -> bool:
+        """Whether a link reaches the server that owns the room's channel."""
+        try:
+            return self._owner(room) is not None
+        except RedisClusterException:
+            return False
 
     async def replay_shared(self, room: str, since: str | None) -> Replay:
         if self.redis is None:
             raise RedisConnectionError("Redis not reached yet")
         if since is None:
-            async with self._attempt():
+            async with self._attempt(self._server_of(room), room):
                 entries = await self.redis.xrange(self.history_key(room))
             frames = [protocol.message_frame(i, fields["t"]) for i, fields in entries]
             return Replay(True, frames, entries[-1][0] if entries else None)
@@ -465,12 +495,13 @@ class RedisBroker(Broker):
 
     async def _read(self, room: str, since: str | None) -> Replay | None:
         """Read the room's Stream after ``since``; None if Redis can't."""
-        if self.redis is None or not self._worth_trying():
+        server = self._server_of(room)
+        if self.redis is None or not self._worth_trying(server):
             return None
         key = self.history_key(room)
         known = since is not None and ":" not in since
         try:
-            async with self._attempt():
+            async with self._attempt(server, room):
                 if not known:
                     newest = await self.redis.xrevrange(key, count=1)
                     last_id = newest[0][0] if newest else None
@@ -508,28 +539,36 @@ class RedisBroker(Broker):
         await self.ready.wait()
 
     async def run(self) -> None:
-        """Open a subscriber link to each server, subscribe every room with
-        members here, and do it all again whenever a link fails."""
+        """Keep a subscriber link to each server, and every room with
+        members here subscribed; when a link fails, open it again and
+        subscribe its rooms again, leaving the other links be."""
         delay = FIRST_RETRY_DELAY
-        while True:
-            try:
-                await self._open()
-                self._found()
-                delay = FIRST_RETRY_DELAY
-                for room in self.wanted:
-                    self._changed(room)
-                await self._serve()
-            except FAILURES as exc:
-                self._lost(exc)
-            except Exception:
-                # A bug, say in a subscriber: log it, but keep fan-out alive.
-                logger.exception("broker failed: resubscribing")
-                self._lost(None)
-            finally:
-                await self._close_links()
-            self.local_history.sweep()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, LAST_RETRY_DELAY)
+        try:
+            while True:
+                try:
+                    await self._open()
+                    if self.missing:
+                        self._degraded()
+                    else:
+                        self._found()
+                        delay = FIRST_RETRY_DELAY
+                    retry = delay * random.uniform(0.5, 1.0) if self.missing else None
+                    await self._serve(retry)
+                    if self.missing:
+                        delay = min(delay * 2, LAST_RETRY_DELAY)
+                    continue
+                except FAILURES as exc:
+                    self._lost(exc)
+                except Exception:
+                    # A bug, say in a subscriber: log it, keep fan-out alive.
+                    logger.exception("broker failed: resubscribing")
+                    await self._close_links()
+                    self._lost(None)
+                self.local_history.sweep()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, LAST_RETRY_DELAY)
+        finally:
+            await self._close_links()
 
     async def connect(self) -> None:
         """Learn whether REDIS_URL names a cluster, and make the client that
@@ -564,8 +603,12 @@ class RedisBroker(Broker):
         self.store_and_publish = self.redis.register_script(STORE_AND_PUBLISH)
 
     async def _open(self) -> None:
-        """Open a link to the server, or to each master from a fresh view
-        of the cluster."""
+        """Open a link to the server, or to each master of a fresh view of
+        the cluster that has none; subscribe again the rooms that need it.
+
+        With a cluster, a master out of reach is left for the next call
+        (``missing``): the rooms of the others go on meanwhile.
+        """
         await self.connect()
         if isinstance(self.redis, RedisCluster):
             # Not redis-py's ClusterPubSub: it resubscribes by itself after
@@ -573,13 +616,51 @@ class RedisBroker(Broker):
             await self.redis.initialize()  # only the first time
             await self.redis.nodes_manager.initialize()
             primaries = self.redis.get_primaries()
-            servers = [(node.name, node.host, node.port) for node in primaries]
+            servers = {node.name: (node.host, node.port) for node in primaries}
         else:
-            servers = [(self.location, None, None)]
-        for name, host, port in servers:
+            servers = {self.location: (None, None)}
+        for name in list(self.links):
+            if name not in servers:  # no longer a master
+                await self._drop(self.links[name])
+        self.missing = set()
+        for name, (host, port) in servers.items():
+            if name in self.links:
+                continue
             link = Link(self._subscriber(host, port), name, sharded=self.sharded)
+            try:
+                await link.open(self.heartbeat_channel)
+            except FAILURES:
+                await link.close()
+                if host is None:
+                    raise  # the one server
+                self.missing.add(name)
+                continue
             self.links[name] = link
-            await link.open(self.heartbeat_channel)
+            link.task = asyncio.create_task(self._listen(link))
+        if not self.links:
+            raise RedisConnectionError("no master of the cluster answers")
+        for room, subscription in list(self.subscriptions.items()):
+            if subscription.state == SUBSCRIBED and not self._owned(room, subscription):
+                self._forget(room)  # its slot moved: subscribe on the new owner
+                channels = [self.channel(room)]
+                link = subscription.link
+                self._keep(link.send(link.unsubscribe_command, channels))
+        for room in self.stranded | self.dirty:
+            self._changed(room)
+        self.stranded = set()
+
+    def _owned(self, room: str, subscription: _Subscription) -> bool:
+        try:
+            return self._owner(room) is subscription.link
+        except RedisClusterException:
+            return False
+
+    def _forget(self, room: str) -> None:
+        """Drop the room's subscription: subscribe it again at the next
+        flush, where it will catch up."""
+        del self.subscriptions[room]
+        if room in self.wanted:
+            self.dirty.add(room)
 
     def _subscriber(self, host: str | None, port: int | None) -> redis.Redis:
         """A client that never retries, for REDIS_URL or one of its nodes.
@@ -597,21 +678,32 @@ class RedisBroker(Broker):
         options = {**self.options, "decode_responses": False}
         return redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
-    async def _serve(self) -> None:
-        """Run every link until one fails."""
+    async def _serve(self, retry: float | None) -> None:
+        """Run the links until one fails (raise what broke it), or until
+        ``retry`` seconds have passed, to reach the missing masters."""
         self.broken = asyncio.get_running_loop().create_future()
-        tasks: list[asyncio.Future[None]] = [self.broken]
-        for link in self.links.values():
-            link.task = asyncio.create_task(self._listen(link))
-            tasks.append(link.task)
         while True:
+            tasks: list[asyncio.Future[None]] = [self.broken]
+            tasks += [link.task for link in self.links.values() if link.task]
             done, _ = await asyncio.wait(
-                tasks, timeout=SWEEP_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                tasks,
+                timeout=SWEEP_INTERVAL if retry is None else retry,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            for task in done:
-                task.result()  # raises what broke the link
-                raise RedisConnectionError("subscriber connection closed")
-            self.local_history.sweep()
+            if not done:
+                self.local_history.sweep()
+                if retry is not None:
+                    return
+                continue
+            if self.broken in done:
+                exc = self.broken.exception()
+                self.broken = None
+                raise exc or RedisConnectionError("subscriptions failed")
+            for link in list(self.links.values()):
+                if link.task in done:
+                    exc = None if link.task.cancelled() else link.task.exception()
+                    await self._drop(link)
+                    raise exc or RedisConnectionError(f"{link.name} closed")
 
     async def _listen(self, link: Link) -> None:
         """Deliver the link's room messages until it falls silent.
@@ -681,31 +773,51 @@ class RedisBroker(Broker):
                 self._changed(room)  # joined again meanwhile: subscribe again
         elif not subscribed:
             # Redis unsubscribed the room by itself: its slot has moved to
-            # another master. Open every link again from the new view.
-            raise RedisConnectionError(f"{link.name} no longer serves room {room}")
+            # another master. Subscribe it there, from a new view.
+            self._forget(room)
+            self._break(RedisConnectionError(f"{link.name} no longer serves {room}"))
+
+    async def _drop(self, link: Link) -> None:
+        """Close one link; its rooms are subscribed again elsewhere or once
+        it is back, and catch up then. Joins waiting for them go on."""
+        del self.links[link.name]
+        for room, subscription in list(self.subscriptions.items()):
+            if subscription.link is link:
+                self._forget(room)
+                waiter = self.waiters.pop(room, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        await link.close()
 
     async def _close_links(self) -> None:
-        """Forget every subscription, and let waiting joins go on: the rooms
-        catch up once subscribed again."""
-        links, self.links = list(self.links.values()), {}
-        self.subscriptions.clear()
+        """Close every link."""
+        if self.flushing is not None:
+            self.flushing.cancel()
+            await asyncio.gather(self.flushing, return_exceptions=True)
+            self.flushing = None
         if self.broken is not None:
             if self.broken.done():
                 self.broken.exception()  # retrieved: it was logged by _lost()
             else:
                 self.broken.cancel()
             self.broken = None
-        if self.flushing is not None:
-            self.flushing.cancel()
-            await asyncio.gather(self.flushing, return_exceptions=True)
-            self.flushing = None
-        self.dirty = set(self.wanted)
+        for link in list(self.links.values()):
+            await self._drop(link)
         for waiter in self.waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
         self.waiters.clear()
-        for link in links:
-            await link.close()
+
+    def _keep(self, awaitable: Awaitable[object]) -> None:
+        """Run ``awaitable`` in the background; its failure is the link's."""
+        task = asyncio.ensure_future(awaitable)
+        self.background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[object]) -> None:
+        self.background.discard(task)
+        if not task.cancelled():
+            task.exception()  # a link that failed: its reader says so
 
     async def close(self) -> None:
         self.status = "disconnected"  # quietly: the process is stopping
@@ -715,7 +827,8 @@ class RedisBroker(Broker):
 
     def _found(self) -> None:
         self.ready.set()
-        self._worked()  # Redis answers: no need to wait before trying again
+        for server in list(self.failing):  # it answers: no need to wait
+            self._worked(server)
         if self.status != "connected":
             self.status = "connected"
             logger.info(
@@ -724,10 +837,22 @@ class RedisBroker(Broker):
                 self.location,
             )
 
+    def _degraded(self) -> None:
+        """Some masters of the cluster are out of reach; the others work."""
+        self.ready.set()
+        if self.status != "degraded":
+            self.status = "degraded"
+            logger.warning(
+                "broker reaches no master at %s: their rooms refuse messages "
+                "until a replica takes over",
+                ", ".join(sorted(self.missing)),
+            )
+
     def _lost(self, exc: BaseException | None) -> None:
         self.ready.set()
-        if self.status != "disconnected":
-            self.status = "disconnected"
+        status = "degraded" if self.links else "disconnected"
+        if self.status != status:
+            self.status = status
             logger.warning(
                 "broker lost Redis at %s (%s): %s until it's back",
                 self.location,
