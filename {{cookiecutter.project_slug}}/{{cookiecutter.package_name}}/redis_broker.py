@@ -21,20 +21,21 @@ shard, so the script runs there, and the room's traffic stays there. When
 ``REDIS_URL`` names a node of a cluster (``INFO cluster`` says
 ``cluster_enabled:1``), commands go through redis-py's cluster client and
 rooms use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7.0+): this
-process holds one subscriber connection to each master that owns one of its
-rooms, and each message goes to that master only, not to every node.
+process holds one subscriber connection to each master, and each message
+goes to its room's master only, not to every node.
 
 Redis going away must not take the web process down: while Redis is
 unreachable, messages are stored in this process's memory and delivered
 within this process only (their ids are of the in-memory form, which Redis
 never knows: a client resuming from one on another process gets
 ``recovered: false``), and the subscribers reconnect with capped, jittered
-backoff. Whenever any subscriber connection is lost (a master died and its
-replica took over, a slot moved, a network blip), all of them are opened
-again from a fresh view of the cluster, and each room catches up from
-history before anything live. Each change of state is logged once. A Redis
-that hangs, or a link that dies without a reset, is noticed by a heartbeat:
-every few seconds each subscriber connection sends PING and expects PONG.
+backoff. Whenever a subscriber connection is lost (a master died and its
+replica took over, a slot moved, a network blip), it is opened again from
+a fresh view of the cluster, and each of its rooms catches up from history
+before anything live; the rooms of the other connections go on meanwhile.
+Each change of state is logged once. A Redis that hangs, or a link that
+dies without a reset, is noticed by a heartbeat: after a few seconds of
+silence, a subscriber connection sends PING and expects an answer.
 """
 
 from __future__ import annotations
