@@ -339,9 +339,20 @@ async def measure(
     }
 
 
+def commit_of(path: Path) -> str:
+    """The checkout's commit, or "" if it isn't one."""
+    result = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
 def table(label: str, result: dict[str, Any]) -> str:
+    commit = commit_of(Path(result["path"]))
     lines = [
-        f"**{label}** ({result['path']})",
+        f"**{label}** ({result['path']}{', commit ' + commit if commit else ''})",
         "",
         "| mode | msg/s | foreign share | bytes to B per msg | latency p50 / p99 ms "
         "| Redis commands per msg | Redis CPU µs per msg | Redis bytes out per msg |",
@@ -363,11 +374,7 @@ def report(results: dict[str, Any], smoke: bool) -> str:
     tables = "\n\n".join(table(label, r) for label, r in results["templates"].items())
     if smoke:
         return tables
-    commit = subprocess.run(
-        ["git", "-C", str(TEMPLATE), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    commit = commit_of(TEMPLATE)
     redis_version = (
         subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
         .stdout.split()[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import itertools
 import json
@@ -154,6 +155,23 @@ class Client:
         deadline = time.monotonic() + timeout
         while client_id not in self.acks:
             self._read(max(0.01, deadline - time.monotonic()))
+        return self.acks[client_id]
+
+    def say_until_acked(self, text: str, timeout: float = 15) -> str:
+        """Send a message, and again with its client_id while the server
+        answers ``unavailable``; return the id it was acknowledged with."""
+        client_id = self.say(text)
+        assert client_id is not None
+        deadline = time.monotonic() + timeout
+        while client_id not in self.acks:
+            assert time.monotonic() < deadline, f"{text!r} never acknowledged"
+            while self.errors:
+                error = self.errors.pop(0)
+                assert error["error"] == "unavailable", error
+                time.sleep(0.1)
+                self.say(text, client_id)
+            with contextlib.suppress(TimeoutError):
+                self._read(0.5)
         return self.acks[client_id]
 
     def error(self, timeout: float = 5) -> dict[str, object]:

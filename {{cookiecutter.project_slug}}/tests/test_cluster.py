@@ -235,3 +235,23 @@ def test_rooms_of_the_other_masters_go_on_while_one_master_is_lost(
             assert "ERROR" not in app.log, app.log
     finally:
         cluster.stop()
+
+
+def test_no_acknowledged_message_is_lost_or_doubled_across_a_failover(
+    start_clustered: Callable[..., App], redis_cluster: RedisCluster
+) -> None:
+    first, second = start_clustered(), start_clustered()
+    named = redis_cluster.ports[0]
+    room = rooms_by_master(redis_cluster, 1)[named][0]
+    with (
+        first.client(f"/ws/{room}") as sender,
+        second.client(f"/ws/{room}") as receiver,
+    ):
+        acked = [sender.say_until_acked(f"m{n}") for n in range(10)]
+        replicated(redis_cluster, named)
+        redis_cluster.kill(named)
+        acked += [sender.say_until_acked(f"m{n}") for n in range(10, 30)]
+        heard = [receiver.hear(timeout=15)["id"] for _ in acked]
+        assert heard == acked
+        with pytest.raises(TimeoutError):
+            receiver.hear(timeout=0.5)
