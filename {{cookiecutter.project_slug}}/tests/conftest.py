@@ -193,6 +193,14 @@ class Client:
             raise AssertionError(f"unexpected frame {frame}")
 
 
+def wait_connected(app: App, timeout: float = 10) -> None:
+    """Wait until the app's /healthz says its broker reached Redis."""
+    deadline = time.monotonic() + timeout
+    while b"broker: connected" not in app.request("GET", "/healthz")[1]:
+        assert time.monotonic() < deadline, app.log
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
     """Start apps with extra environment variables; kill leftovers after."""

@@ -13,17 +13,10 @@ import pytest
 from redis.crc import key_slot
 from websockets.exceptions import ConnectionClosed
 
-from conftest import PACKAGE, App, Client, RedisCluster
+from conftest import PACKAGE, App, Client, RedisCluster, wait_connected
 
 #: How soon every room must cross processes again after a master is lost.
 FAILOVER_DEADLINE = 10.0
-
-
-def wait_connected(app: App, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while b"broker: connected" not in app.request("GET", "/healthz")[1]:
-        assert time.monotonic() < deadline, app.log
-        time.sleep(0.05)
 
 
 def slot_ranges(cluster: RedisCluster) -> dict[int, list[range]]:
@@ -106,6 +99,16 @@ def start_clustered(
     return start
 
 
+@pytest.fixture
+def named_room(
+    start_clustered: Callable[..., App], redis_cluster: RedisCluster
+) -> tuple[App, App, str]:
+    """Two processes, and a room of the master that REDIS_URL names."""
+    first, second = start_clustered(), start_clustered()
+    room = rooms_by_master(redis_cluster, 1)[redis_cluster.ports[0]][0]
+    return first, second, room
+
+
 def test_a_message_crosses_processes_on_every_shard(
     start_clustered: Callable[..., App], redis_cluster: RedisCluster
 ) -> None:
@@ -175,11 +178,10 @@ def test_every_room_crosses_processes_again_after_the_named_master_fails(
 
 
 def test_resume_after_a_failover_replays_from_the_replica(
-    start_clustered: Callable[..., App], redis_cluster: RedisCluster
+    named_room: tuple[App, App, str], redis_cluster: RedisCluster
 ) -> None:
-    first, second = start_clustered(), start_clustered()
+    first, second, room = named_room
     named = redis_cluster.ports[0]
-    room = rooms_by_master(redis_cluster, 1)[named][0]
     with (
         first.client(f"/ws/{room}") as sender,
         second.client(f"/ws/{room}") as receiver,
@@ -238,11 +240,10 @@ def test_rooms_of_the_other_masters_go_on_while_one_master_is_lost(
 
 
 def test_no_acknowledged_message_is_lost_or_doubled_across_a_failover(
-    start_clustered: Callable[..., App], redis_cluster: RedisCluster
+    named_room: tuple[App, App, str], redis_cluster: RedisCluster
 ) -> None:
-    first, second = start_clustered(), start_clustered()
+    first, second, room = named_room
     named = redis_cluster.ports[0]
-    room = rooms_by_master(redis_cluster, 1)[named][0]
     with (
         first.client(f"/ws/{room}") as sender,
         second.client(f"/ws/{room}") as receiver,

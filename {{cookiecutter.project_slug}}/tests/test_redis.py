@@ -14,14 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from {{ cookiecutter.package_name }}.redis_broker import RedisBroker
 
-from conftest import PACKAGE, App, RedisServer
-
-
-def wait_connected(app: App, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while b"broker: connected" not in app.request("GET", "/healthz")[1]:
-        assert time.monotonic() < deadline, app.log
-        time.sleep(0.05)
+from conftest import PACKAGE, App, RedisServer, wait_connected
 
 
 @pytest.fixture
