@@ -46,7 +46,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -157,6 +157,8 @@ class Link:
         #: are on different slots is refused (CROSSSLOT).
         self.batched = not sharded
         self.task: asyncio.Task[None] | None = None
+        #: Why the link was found broken outside its reader, if it was.
+        self.error: BaseException | None = None
 
     async def open(self, heartbeat_channel: str) -> None:
         """Connect, and wait until Redis confirms the first subscription."""
@@ -167,7 +169,21 @@ class Link:
                 if event is not None and event["type"] == "subscribe":
                     return
 
+    def check(self) -> None:
+        """Raise if the connection dropped: redis-py would connect again by
+        itself at the next command or read, without the subscriptions."""
+        connection = self.pubsub.connection
+        if connection is None or not connection.is_connected:
+            raise RedisConnectionError(f"connection to {self.name} lost")
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the link's reader: run() drops the link, and opens it again."""
+        self.error = exc
+        if self.task is not None:
+            self.task.cancel()
+
     async def send(self, command: str, channels: list[str]) -> None:
+        self.check()
         if self.batched:
             await self.pubsub.execute_command(command, *channels)
         else:
@@ -239,9 +255,9 @@ class RedisBroker(Broker):
         #: Joins waiting for their room's subscription to be confirmed.
         self.waiters: dict[str, asyncio.Future[None]] = {}
         self.flushing: asyncio.Task[None] | None = None
-        #: Set when something other than a link's reader finds a link broken.
-        self.broken: asyncio.Future[None] | None = None
-        self.background: set[asyncio.Future[object]] = set()
+        #: Set when the view of the cluster may be out of date: run() takes a
+        #: fresh one, and subscribes again what needs it.
+        self.stale = False
 
     def history_key(self, room: str) -> str:
         return f"{self.prefix}{hash_tag(room)}:history"
@@ -299,12 +315,14 @@ class RedisBroker(Broker):
                 changes: dict[tuple[Link, str], list[str]] = {}
                 self._plan(dirty, changes)
                 for (link, command), channels in changes.items():
-                    await link.send(command, channels)
-        except FAILURES as exc:
-            self._break(exc)
+                    try:
+                        await link.send(command, channels)
+                    except FAILURES as exc:
+                        # Its rooms are subscribed again once it is back.
+                        link.fail(exc)
         except Exception as exc:
             logger.warning("subscribing failed: %r", exc)  # a bug: start over
-            self._break(exc)
+            self.stale = True
         finally:
             self.flushing = None
 
@@ -336,11 +354,6 @@ class RedisBroker(Broker):
             else:
                 continue  # as it should be, or on its way: see _confirmed()
             changes.setdefault(key, []).append(self.channel(room))
-
-    def _break(self, exc: BaseException) -> None:
-        """Have run() open every link again."""
-        if self.broken is not None and not self.broken.done():
-            self.broken.set_exception(exc)
 
     def _owner(self, room: str) -> Link | None:
         """The link to the server that owns the room's channel, if any.
@@ -553,9 +566,8 @@ class RedisBroker(Broker):
                     else:
                         self._found()
                         delay = FIRST_RETRY_DELAY
-                    retry = delay * random.uniform(0.5, 1.0) if self.missing else None
-                    await self._serve(retry)
-                    if self.missing:
+                    await self._serve(delay * random.uniform(0.5, 1.0))
+                    if self.missing or self.stranded:
                         delay = min(delay * 2, LAST_RETRY_DELAY)
                     continue
                 except FAILURES as exc:
@@ -636,16 +648,18 @@ class RedisBroker(Broker):
                     raise  # the one server
                 self.missing.add(name)
                 continue
+            except BaseException:  # cancelled: the process is stopping
+                await link.close()
+                raise
             self.links[name] = link
             link.task = asyncio.create_task(self._listen(link))
         if not self.links:
             raise RedisConnectionError("no master of the cluster answers")
         for room, subscription in list(self.subscriptions.items()):
             if subscription.state == SUBSCRIBED and not self._owned(room, subscription):
-                self._forget(room)  # its slot moved: subscribe on the new owner
-                channels = [self.channel(room)]
-                link = subscription.link
-                self._keep(link.send(link.unsubscribe_command, channels))
+                # Its slot moved, and Redis unsubscribed it on the old owner:
+                # subscribe it on the new one.
+                self._forget(room)
         for room in self.stranded | self.dirty:
             self._changed(room)
         self.stranded = set()
@@ -679,32 +693,33 @@ class RedisBroker(Broker):
         options = {**self.options, "decode_responses": False}
         return redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
-    async def _serve(self, retry: float | None) -> None:
-        """Run the links until one fails (raise what broke it), or until
-        ``retry`` seconds have passed, to reach the missing masters."""
-        self.broken = asyncio.get_running_loop().create_future()
+    async def _serve(self, retry: float) -> None:
+        """Run the links until one fails (raise what broke it). Return after
+        ``retry`` seconds while some masters or rooms wait for a link, or
+        once the view of the cluster is stale, for run() to open again."""
+        loop = asyncio.get_running_loop()
+        swept = loop.time()
+        started = loop.time()
         while True:
-            tasks: list[asyncio.Future[None]] = [self.broken]
-            tasks += [link.task for link in self.links.values() if link.task]
+            tasks = [link.task for link in self.links.values() if link.task]
             done, _ = await asyncio.wait(
-                tasks,
-                timeout=SWEEP_INTERVAL if retry is None else retry,
-                return_when=asyncio.FIRST_COMPLETED,
+                tasks, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
             )
-            if not done:
-                self.local_history.sweep()
-                if retry is not None:
-                    return
-                continue
-            if self.broken in done:
-                exc = self.broken.exception()
-                self.broken = None
-                raise exc or RedisConnectionError("subscriptions failed")
             for link in list(self.links.values()):
                 if link.task in done:
                     exc = None if link.task.cancelled() else link.task.exception()
                     await self._drop(link)
-                    raise exc or RedisConnectionError(f"{link.name} closed")
+                    closed = RedisConnectionError(f"{link.name} closed")
+                    raise exc or link.error or closed
+            now = loop.time()
+            if now - swept >= SWEEP_INTERVAL:
+                self.local_history.sweep()
+                swept = now
+            if self.stale:
+                self.stale = False
+                return
+            if (self.missing or self.stranded) and now - started >= retry:
+                return
 
     async def _listen(self, link: Link) -> None:
         """Deliver the link's room messages until it falls silent.
@@ -721,6 +736,7 @@ class RedisBroker(Broker):
         while True:
             silence = HEARTBEAT_INTERVAL + (REDIS_TIMEOUT if pinged else 0.0)
             wait = max(0.01, heard + silence - loop.time())
+            link.check()
             event = await pubsub.get_message(timeout=wait)
             now = loop.time()
             if event is None:
@@ -774,9 +790,9 @@ class RedisBroker(Broker):
                 self._changed(room)  # joined again meanwhile: subscribe again
         elif not subscribed:
             # Redis unsubscribed the room by itself: its slot has moved to
-            # another master. Subscribe it there, from a new view.
+            # another master. Subscribe it there, from a fresh view.
             self._forget(room)
-            self._break(RedisConnectionError(f"{link.name} no longer serves {room}"))
+            self.stale = True
 
     async def _drop(self, link: Link) -> None:
         """Close one link; its rooms are subscribed again elsewhere or once
@@ -796,29 +812,12 @@ class RedisBroker(Broker):
             self.flushing.cancel()
             await asyncio.gather(self.flushing, return_exceptions=True)
             self.flushing = None
-        if self.broken is not None:
-            if self.broken.done():
-                self.broken.exception()  # retrieved: it was logged by _lost()
-            else:
-                self.broken.cancel()
-            self.broken = None
         for link in list(self.links.values()):
             await self._drop(link)
         for waiter in self.waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
         self.waiters.clear()
-
-    def _keep(self, awaitable: Awaitable[object]) -> None:
-        """Run ``awaitable`` in the background; its failure is the link's."""
-        task = asyncio.ensure_future(awaitable)
-        self.background.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Future[object]) -> None:
-        self.background.discard(task)
-        if not task.cancelled():
-            task.exception()  # a link that failed: its reader says so
 
     async def close(self) -> None:
         self.status = "disconnected"  # quietly: the process is stopping
@@ -851,7 +850,7 @@ class RedisBroker(Broker):
 
     def _lost(self, exc: BaseException | None) -> None:
         self.ready.set()
-        status = "degraded" if self.links else "disconnected"
+        status = "degraded" if self.sharded and self.links else "disconnected"
         if self.status != status:
             self.status = status
             logger.warning(
