@@ -55,9 +55,8 @@ from typing import Any
 
 import cpu
 import redis.asyncio as redis
-from cookiecutter.main import cookiecutter
 from procs import CLIENT_CPU, SERVER_CPU, ServerProcess, free_port, pinning
-from targets import BENCH, TEMPLATE, TEMPLATE_SETTINGS, base_environment, stdout_to_stderr
+from targets import BENCH, TEMPLATE, TEMPLATE_SETTINGS, bake, base_environment
 from websockets.asyncio.client import connect
 
 MODES = ("redis", "cluster-1", "cluster-3")
@@ -136,15 +135,6 @@ def wait_for(cli: str, port: int, command: str, expected: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"redis on {port}: {command} never said {expected}")
         time.sleep(0.05)
-
-
-def bake(template: Path, output: Path) -> tuple[Path, str]:
-    with stdout_to_stderr():
-        project = Path(
-            cookiecutter(str(template), no_input=True, output_dir=str(output), default_config=True)
-        )
-    (main,) = project.glob("*/__main__.py")
-    return project, main.parent.name
 
 
 @contextlib.asynccontextmanager
@@ -314,7 +304,7 @@ async def measure(
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         baked = {
-            label: bake(path, directory / label / "bake") for label, (path, _) in templates.items()
+            label: bake(directory / label / "bake", path) for label, (path, _) in templates.items()
         }
         for n in range(rounds):
             for mode in MODES:

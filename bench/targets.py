@@ -55,12 +55,13 @@ class Target:
     idle: bool = True
 
 
-def bake(output_dir: Path) -> tuple[Path, str]:
-    """Bake the template with its defaults; return the project and its package."""
+def bake(output_dir: Path, template: Path = TEMPLATE) -> tuple[Path, str]:
+    """Bake the template (or another checkout of it) with its defaults;
+    return the project and its package."""
     with stdout_to_stderr():
         project = Path(
             cookiecutter(
-                str(TEMPLATE),
+                str(template),
                 no_input=True,
                 output_dir=str(output_dir),
                 overwrite_if_exists=True,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from redis.crc import key_slot
@@ -99,14 +100,27 @@ def start_clustered(
     return start
 
 
+class Across(NamedTuple):
+    """A room of the master that REDIS_URL names, with a client on each of
+    two processes."""
+
+    room: str
+    receiving_app: App
+    sender: Client
+    receiver: Client
+
+
 @pytest.fixture
-def named_room(
+def across(
     start_clustered: Callable[..., App], redis_cluster: RedisCluster
-) -> tuple[App, App, str]:
-    """Two processes, and a room of the master that REDIS_URL names."""
+) -> Iterator[Across]:
     first, second = start_clustered(), start_clustered()
     room = rooms_by_master(redis_cluster, 1)[redis_cluster.ports[0]][0]
-    return first, second, room
+    with (
+        first.client(f"/ws/{room}") as sender,
+        second.client(f"/ws/{room}") as receiver,
+    ):
+        yield Across(room, second, sender, receiver)
 
 
 def test_a_message_crosses_processes_on_every_shard(
@@ -178,20 +192,16 @@ def test_every_room_crosses_processes_again_after_the_named_master_fails(
 
 
 def test_resume_after_a_failover_replays_from_the_replica(
-    named_room: tuple[App, App, str], redis_cluster: RedisCluster
+    across: Across, redis_cluster: RedisCluster
 ) -> None:
-    first, second, room = named_room
+    room, sender, receiver = across.room, across.sender, across.receiver
     named = redis_cluster.ports[0]
-    with (
-        first.client(f"/ws/{room}") as sender,
-        second.client(f"/ws/{room}") as receiver,
-    ):
-        sender.say("before")
-        seen = receiver.hear()["id"]
-        replicated(redis_cluster, named)
-        redis_cluster.kill(named)
-        crosses_again(sender, receiver, room, time.monotonic() + FAILOVER_DEADLINE)
-    with second.client(f"/ws/{room}?since={seen}") as resumed:
+    sender.say("before")
+    seen = receiver.hear()["id"]
+    replicated(redis_cluster, named)
+    redis_cluster.kill(named)
+    crosses_again(sender, receiver, room, time.monotonic() + FAILOVER_DEADLINE)
+    with across.receiving_app.client(f"/ws/{room}?since={seen}") as resumed:
         assert resumed.joined["recovered"] is True
         assert resumed.hear_text().startswith(f"{room} after the failover")
 
@@ -240,19 +250,15 @@ def test_rooms_of_the_other_masters_go_on_while_one_master_is_lost(
 
 
 def test_no_acknowledged_message_is_lost_or_doubled_across_a_failover(
-    named_room: tuple[App, App, str], redis_cluster: RedisCluster
+    across: Across, redis_cluster: RedisCluster
 ) -> None:
-    first, second, room = named_room
+    sender, receiver = across.sender, across.receiver
     named = redis_cluster.ports[0]
-    with (
-        first.client(f"/ws/{room}") as sender,
-        second.client(f"/ws/{room}") as receiver,
-    ):
-        acked = [sender.say_until_acked(f"m{n}") for n in range(10)]
-        replicated(redis_cluster, named)
-        redis_cluster.kill(named)
-        acked += [sender.say_until_acked(f"m{n}") for n in range(10, 30)]
-        heard = [receiver.hear(timeout=15)["id"] for _ in acked]
-        assert heard == acked
-        with pytest.raises(TimeoutError):
-            receiver.hear(timeout=0.5)
+    acked = [sender.say_until_acked(f"m{n}") for n in range(10)]
+    replicated(redis_cluster, named)
+    redis_cluster.kill(named)
+    acked += [sender.say_until_acked(f"m{n}") for n in range(10, 30)]
+    heard = [receiver.hear(timeout=15)["id"] for _ in acked]
+    assert heard == acked
+    with pytest.raises(TimeoutError):
+        receiver.hear(timeout=0.5)

@@ -59,7 +59,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import protocol
-from .broker import Broker, Replay, Stored, Unavailable
+from .broker import SWEEP_INTERVAL, Broker, Replay, Stored, Unavailable
 
 __all__ = ["RedisBroker"]
 
@@ -79,8 +79,6 @@ HEARTBEAT_INTERVAL = 2.0
 PUBLISH_RETRY_INTERVAL = 1.0
 #: Seconds a command may take while the subscriber has lost Redis.
 DISCONNECTED_TIMEOUT = 0.5
-#: Seconds between sweeps of expired rooms out of this process's memory.
-SWEEP_INTERVAL = 10.0
 
 #: RedisClusterException: no master owns a slot, as during a failover.
 FAILURES = (RedisError, RedisClusterException, OSError)
