@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
-from .auth import RedactSecrets
+from . import logs
 from .config import Config, ConfigError
 from .server import SHUTDOWN_SIGNALS, event_loop_factory, run
 
@@ -22,16 +23,15 @@ def main() -> int:
     try:
         config = Config.from_environ()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        log_format = os.environ.get("LOG_FORMAT", "").strip().lower()
+        print(logs.configuration_error(str(exc), log_format), file=sys.stderr)
         return 2
-    worker = "" if config.worker_id is None else f"worker {config.worker_id} "
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=config.log_level,
-        format=f"%(levelname)s {worker}%(name)s: %(message)s",
+    logs.configure(
+        config.log_format,
+        config.log_level,
+        worker_id=config.worker_id,
+        secret=config.jwt_secret,
     )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactSecrets(config.jwt_secret))
     if config.web_concurrency > 1 and config.worker_id is None:
 {%- if cookiecutter.use_redis %}
         if config.redis_url is not None:

@@ -247,10 +247,20 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = AUTHORIZATION.sub(r"\1[redacted]", message)
-        redacted = JWT_SHAPE.sub("[token]", redacted)
-        if self.secret:
-            redacted = redacted.replace(self.secret, "[secret]")
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text: format the traceback here, redacted.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
         return True
+
+    def redact(self, text: str) -> str:
+        """``text`` without tokens, Authorization values or the secret."""
+        text = AUTHORIZATION.sub(r"\1[redacted]", text)
+        text = JWT_SHAPE.sub("[token]", text)
+        if self.secret:
+            text = text.replace(self.secret, "[secret]")
+        return text

@@ -19,12 +19,22 @@ from urllib.parse import urlsplit
 __all__ = ["Config", "ConfigError"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 EVENT_LOOPS = ("uvloop", "asyncio")
 COMPRESSIONS = ("off", "deflate")
 {%- if cookiecutter.use_redis %}
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 SSL_CERT_REQS = ("required", "optional", "none")
 {%- endif %}
+
+#: Bytes one character of a message's text may take in the frame sent out:
+#: a control character is escaped as ``\u001f`` (protocol.py keeps the
+#: rest as UTF-8, at most 4 bytes).
+MAX_BYTES_PER_CHARACTER = 6
+#: Bytes of a message's frame besides its text, generously: its id, room
+#: and ``from``, which holds no more than a token of auth.MAX_TOKEN_LENGTH
+#: (4096) characters can carry.
+ENVELOPE_BYTES = 8192
 
 
 class ConfigError(ValueError):
@@ -42,6 +52,8 @@ class Config:
     port: int
     #: Name of a :mod:`logging` level.
     log_level: str
+    #: "text", or "json" for one JSON object per line (log aggregators).
+    log_format: str
     #: Seconds allowed for closing connections after SIGTERM or SIGINT.
     #: Heroku sends SIGKILL 30 s after SIGTERM: stay well below that.
     shutdown_timeout: float
@@ -100,10 +112,13 @@ class Config:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Config:
         """Build the configuration, raising :exc:`ConfigError` on bad values."""
-        return cls(
+        config = cls(
             host=environ.get("HOST") or None,
             port=_read_int(environ, "PORT", default=8000, low=1, high=65535),
             log_level=_read_choice(environ, "LOG_LEVEL", "INFO", LOG_LEVELS),
+            log_format=_read_choice(
+                environ, "LOG_FORMAT", "text", LOG_FORMATS, upper=False
+            ),
             shutdown_timeout=_read_positive(environ, "SHUTDOWN_TIMEOUT", 20.0),
             web_concurrency=_read_int(
                 environ, "WEB_CONCURRENCY", default=1, low=1, high=64
@@ -146,6 +161,39 @@ class Config:
             ),
 {%- endif %}
         )
+        config.check_consistency()
+        return config
+
+    def check_consistency(self) -> None:
+        """Refuse settings that are valid one by one but contradict each other.
+
+        Each of these would pass every startup check and fail later, one
+        client at a time, with nothing in the log to say why.
+        """
+        if self.max_message_size > self.max_send_buffer:
+            # Relaying a message that large to anyone passes the send buffer's
+            # limit at once, which drops the recipient: nobody receives it.
+            raise ConfigError(
+                f"MAX_MESSAGE_SIZE={self.max_message_size} is larger than "
+                f"MAX_SEND_BUFFER={self.max_send_buffer}: every recipient of a "
+                "message that large would be dropped; raise MAX_SEND_BUFFER"
+            )
+        if self.max_text_length > self.max_message_size:
+            raise ConfigError(
+                f"MAX_TEXT_LENGTH={self.max_text_length} is larger than "
+                f"MAX_MESSAGE_SIZE={self.max_message_size}: a text that long "
+                "would close its sender's connection with 1009 instead"
+            )
+        largest_frame = MAX_BYTES_PER_CHARACTER * self.max_text_length + ENVELOPE_BYTES
+        if self.history_size > 0 and largest_frame > self.max_send_buffer // 2:
+            # hub.Hub(max_replay_bytes=...): a replay is given half the buffer.
+            raise ConfigError(
+                f"MAX_TEXT_LENGTH={self.max_text_length} makes messages of up to "
+                f"{largest_frame} bytes, more than the half of "
+                f"MAX_SEND_BUFFER={self.max_send_buffer} a resume may replay: "
+                "a client that missed one could never catch up; raise "
+                "MAX_SEND_BUFFER or set HISTORY_SIZE=0"
+            )
 
 
 def _read_int(

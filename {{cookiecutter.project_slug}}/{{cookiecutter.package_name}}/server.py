@@ -95,6 +95,10 @@ async def run(config: Config) -> None:
         raise SystemExit(1) from None
     metrics.CONNECTIONS_OPEN.set_function(lambda: counter.open)
     metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
+    shared = metrics.share()
+    publisher = (
+        None if shared is None else asyncio.create_task(metrics.keep_published(shared))
+    )
 
     received = await wait_for_signal(SHUTDOWN_SIGNALS)
     logger.info(
@@ -122,6 +126,8 @@ async def run(config: Config) -> None:
         else:
             logger.info("all connections closed: exiting")
         await cancel(broker_task)
+        if publisher is not None:
+            await cancel(publisher)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLEANUP_TIMEOUT):
                 await broker.close()

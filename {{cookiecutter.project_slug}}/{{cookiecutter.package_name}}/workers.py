@@ -4,7 +4,8 @@ Heroku sets ``WEB_CONCURRENCY`` to the number of processes a dyno should
 run. Each worker is a whole copy of the server listening on the same port
 with ``SO_REUSEPORT``, so the kernel spreads connections among them; rooms
 stay whole because the workers share them through Redis. The parent only
-starts, watches and stops the workers: it never touches a connection.
+starts, watches, restarts and stops the workers, and gives them a directory
+to add up their metrics in (see metrics.py): it never touches a connection.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
+from . import metrics
 from .config import Config
 from .server import SHUTDOWN_SIGNALS
 
@@ -28,23 +31,63 @@ logger = logging.getLogger(__name__)
 #: draining is killed.
 KILL_MARGIN = 5.0
 POLL_INTERVAL = 0.1
+#: A worker that dies sooner than this after it started is failing to start
+#: (a port it cannot bind, a bug at startup): starting it again would loop.
+MIN_UPTIME = 10.0
+
+
+class Worker:
+    """One worker process, and when it started."""
+
+    def __init__(self, worker_id: int, metrics_directory: Path) -> None:
+        self.worker_id = worker_id
+        env = {
+            **os.environ,
+            "WORKER_ID": str(worker_id),
+            metrics.SHARED_DIRECTORY: str(metrics_directory),
+        }
+        # Started with shutdown signals blocked: it inherits the mask, so a
+        # signal during its startup waits until it can drain (server.py).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", __package__], env=env
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self.started = time.monotonic()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
 
 
 def supervise(config: Config) -> int:
-    """Run ``WEB_CONCURRENCY`` workers until a signal or a worker's death.
+    """Run ``WEB_CONCURRENCY`` workers until a signal, restarting any that dies.
 
-    Return 0 when every worker drained and exited 0 after SIGTERM or SIGINT;
-    return 1 when a worker died on its own, so that the platform restarts
-    the whole dyno instead of running it short of workers.
+    Return 0 when every worker drained and exited 0 after SIGTERM or SIGINT.
+    A worker that dies once it has been serving is started again, under the
+    same ``WORKER_ID``; its clients reconnect, the others notice nothing.
+    Return 1 when a worker dies within ``MIN_UPTIME`` of its start, after
+    stopping the others, so that the platform restarts the whole dyno.
     """
-    # Workers inherit this mask: a signal sent while one is still starting
-    # stays pending until it can shut down gracefully (server.py unblocks).
     signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+    try:
+        directory = metrics.shared_directory()
+    except OSError as exc:
+        logger.critical("cannot create a directory for the workers' metrics: %s", exc)
+        return 1
+    try:
+        return _supervise(config, directory)
+    finally:
+        metrics.remove_shared_directory(directory)
+
+
+def _supervise(config: Config, directory: Path) -> int:
     workers = {
-        worker_id: subprocess.Popen(
-            [sys.executable, "-m", __package__],
-            env={**os.environ, "WORKER_ID": str(worker_id)},
-        )
+        worker_id: Worker(worker_id, directory)
         for worker_id in range(1, config.web_concurrency + 1)
     }
     logger.info("started %d workers on port %d", len(workers), config.port)
@@ -53,8 +96,8 @@ def supervise(config: Config) -> int:
     def forward(signum: int, frame: FrameType | None) -> None:
         stop_requested.append(signum)
         for worker in workers.values():
-            if worker.poll() is None:
-                worker.send_signal(signum)
+            if worker.running():
+                worker.process.send_signal(signum)
 
     for signum in SHUTDOWN_SIGNALS:
         signal.signal(signum, forward)
@@ -64,16 +107,27 @@ def supervise(config: Config) -> int:
     grace = config.shutdown_timeout + KILL_MARGIN
     deadline: float | None = None
     # A list, not any(): every worker must be polled to notice each death.
-    while [worker for worker in workers.values() if worker.poll() is None]:
-        if not stop_requested:
-            for worker_id, worker in workers.items():
-                if worker.returncode is not None:
+    while [worker for worker in workers.values() if worker.running()]:
+        if not stop_requested and not failed:
+            for worker_id, worker in list(workers.items()):
+                if worker.process.returncode is None:
+                    continue
+                code, uptime = worker.process.returncode, worker.uptime()
+                metrics.forget_worker(directory, worker.process.pid)
+                if uptime < MIN_UPTIME:
                     logger.error(
-                        "worker %d exited with %d: stopping the others",
+                        "worker %d exited with %d %.1fs after it started: "
+                        "stopping the others",
                         worker_id,
-                        worker.returncode,
+                        code,
+                        uptime,
                     )
                     failed = True
+                    break
+                logger.error(
+                    "worker %d exited with %d: starting it again", worker_id, code
+                )
+                workers[worker_id] = Worker(worker_id, directory)
             if failed:
                 forward(signal.SIGTERM, None)
         if stop_requested and deadline is None:
@@ -81,10 +135,12 @@ def supervise(config: Config) -> int:
         if deadline is not None and time.monotonic() > deadline:
             logger.error("workers still running %gs after the signal: killing", grace)
             for worker in workers.values():
-                if worker.poll() is None:
-                    worker.kill()
+                if worker.running():
+                    worker.process.kill()
         time.sleep(POLL_INTERVAL)
 
-    failed = failed or any(worker.returncode != 0 for worker in workers.values())
+    failed = failed or any(
+        worker.process.returncode != 0 for worker in workers.values()
+    )
     logger.info("all workers exited%s", " with errors" if failed else "")
     return 1 if failed else 0

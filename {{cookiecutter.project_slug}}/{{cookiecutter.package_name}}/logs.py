@@ -1,0 +1,162 @@
+"""Log lines on stdout, as text for people or JSON for log aggregators.
+
+Platforms collect a process's stdout line by line, so every event must fit
+on one line: ``LOG_FORMAT=json`` prints one JSON object per line, with a
+traceback inside the object rather than across lines. Heroku's router splits
+lines longer than 10,000 bytes, so a line is shortened below that.
+
+websockets wraps each connection's logger in a ``LoggerAdapter`` that puts
+the connection on every record as ``record.websocket``; lines of our own that
+concern a connection pass it the same way (``extra={"websocket": ...}``), so
+a JSON line names the connection's id and the client's address either way.
+A few lines of standard :mod:`logging` do this: a formatter library would
+add a dependency for no more than that.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from types import TracebackType
+from typing import Any
+
+from .auth import RedactSecrets
+
+__all__ = ["MAX_LINE_BYTES", "JsonFormatter", "configuration_error", "configure"]
+
+#: Longest JSON line, in bytes, newline excluded: below Heroku's 10,000.
+MAX_LINE_BYTES = 8192
+#: Fields shortened, in this order of preference, when a line is too long.
+SHORTENED = ("exception", "message", "forwarded_for")
+MARKER = " [...]"
+
+
+def configure(
+    log_format: str, level: str, *, worker_id: int | None, secret: str | None
+) -> None:
+    """Send every log record to stdout, in ``log_format``, secrets removed."""
+    handler = logging.StreamHandler(sys.stdout)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(worker_id=worker_id))
+        # An uncaught exception would otherwise print its traceback across
+        # lines on stderr; a warning would print two lines of its own.
+        sys.excepthook = _log_uncaught
+        logging.captureWarnings(True)
+    else:
+        worker = "" if worker_id is None else f"worker {worker_id} "
+        handler.setFormatter(
+            logging.Formatter(f"%(levelname)s {worker}%(name)s: %(message)s")
+        )
+    handler.addFilter(RedactSecrets(secret))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def configuration_error(message: str, log_format: str) -> str:
+    """The line that reports a bad setting, before logging is configured."""
+    line = f"configuration error: {message}"
+    if log_format != "json":
+        return line
+    return json.dumps(
+        {
+            "time": _timestamp(datetime.datetime.now(datetime.UTC).timestamp()),
+            "level": "CRITICAL",
+            "logger": __package__,
+            "message": line,
+        },
+        ensure_ascii=False,
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as one JSON object on one line.
+
+    Fields: ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``,
+    ``message``; ``worker`` in a worker; ``connection`` (the connection's id),
+    ``remote`` (the peer's address: the platform's router, behind one) and
+    ``forwarded_for`` (the ``X-Forwarded-For`` the router added) on lines
+    about a connection; ``exception`` with the traceback, if any.
+    """
+
+    def __init__(self, *, worker_id: int | None = None) -> None:
+        super().__init__()
+        self.worker_id = worker_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.worker_id is not None:
+            entry["worker"] = self.worker_id
+        websocket = getattr(record, "websocket", None)
+        if websocket is not None:
+            entry.update(_describe(websocket))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return _dumps_within(entry, MAX_LINE_BYTES)
+
+
+def _describe(websocket: Any) -> dict[str, str]:
+    """The connection's id and addresses, if it still exists."""
+    try:
+        described = {"connection": str(websocket.id)}
+        remote = websocket.remote_address
+        if remote:
+            described["remote"] = f"{remote[0]}:{remote[1]}"
+        request = websocket.request
+        if request is not None and "X-Forwarded-For" in request.headers:
+            described["forwarded_for"] = request.headers["X-Forwarded-For"]
+    except ReferenceError:  # websockets passes a weak proxy; it died
+        return {}
+    return described
+
+
+def _dumps_within(entry: dict[str, Any], limit: int) -> str:
+    """``json.dumps(entry)``, its long fields shortened to fit ``limit`` bytes."""
+    line = json.dumps(entry, ensure_ascii=False, default=str)
+    excess = len(line.encode()) - limit
+    for field in SHORTENED:
+        if excess <= 0:
+            break
+        text = entry.get(field)
+        if not isinstance(text, str):
+            continue
+        # Cutting characters cuts at least as many bytes once encoded; JSON
+        # escapes can make a character cost up to 6: cut that many more.
+        keep = max(0, len(text) - 6 * excess - len(MARKER))
+        # The end of a traceback says what failed; the start of a message.
+        entry[field] = (
+            MARKER + text[len(text) - keep :]
+            if field == "exception"
+            else text[:keep] + MARKER
+        )
+        line = json.dumps(entry, ensure_ascii=False, default=str)
+        excess = len(line.encode()) - limit
+    return line
+
+
+def _timestamp(created: float) -> str:
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _log_uncaught(
+    kind: type[BaseException],
+    exc: BaseException,
+    traceback: TracebackType | None,
+) -> None:
+    logging.getLogger(__package__).critical(
+        "uncaught exception", exc_info=(kind, exc, traceback)
+    )
