@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import resource
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.sync.client import ClientConnection, connect
 
@@ -229,6 +231,15 @@ def child_pids(pid: int) -> list[int]:
     return [int(child) for child in children]
 
 
+def worker_pid(parent: Started, worker_id: str) -> int:
+    """The pid of the worker with this WORKER_ID (children come in any order)."""
+    for pid in child_pids(parent.process.pid):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"WORKER_ID={worker_id}".encode() in environ:
+            return pid
+    pytest.fail(f"no worker {worker_id} among {child_pids(parent.process.pid)}")
+
+
 @pytest.fixture
 def workers(project: Path, start_app: Callable[..., Started], redis_server: RedisServer) -> Started:
     parent = start_app(project, REDIS_URL=redis_server.url, WEB_CONCURRENCY="2")
@@ -272,15 +283,141 @@ def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(workers: Started)
 
 
 @pytest.mark.parametrize("victim", [0, 1], ids=["first worker", "second worker"])
-def test_a_worker_killed_makes_the_parent_stop_the_others_and_fail(
+def test_a_worker_dying_at_startup_makes_the_parent_stop_the_others_and_fail(
     workers: Started, victim: int
 ) -> None:
+    # Within MIN_UPTIME (10 s) of its start: restarting it would only loop.
     pids = child_pids(workers.process.pid)
     os.kill(pids[victim], signal.SIGKILL)
     assert workers.process.wait(timeout=30) != 0
     with pytest.raises(ProcessLookupError):
         os.kill(pids[1 - victim], 0)
-    assert "exited with -9: stopping the others" in workers.log
+    assert "exited with -9 " in workers.log
+    assert "after it started: stopping the others" in workers.log
+
+
+# --- /metrics with workers: each scrape reports the instance ------------------
+
+#: workers.MIN_UPTIME: a worker dying later than this is started again.
+MIN_UPTIME = 10.0
+#: metrics.PUBLISH_INTERVAL, and some margin.
+PUBLISHED_WITHIN = 1.5
+
+
+def scrape(app: Started) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """The worker that answered /metrics, and the samples it gave."""
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        body = response.read().decode()
+        worker = response.headers["X-Worker"]
+    finally:
+        conn.close()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+    return worker, samples
+
+
+def scrapes_from_each_worker(app: Started, count: int = 3) -> dict[str, list[dict]]:
+    """Scrape until each worker answered ``count`` times (the kernel picks)."""
+    answers: dict[str, list[dict]] = {}
+    for _ in range(200):
+        worker, samples = scrape(app)
+        answers.setdefault(worker, []).append(samples)
+        if len(answers) == 2 and all(len(got) >= count for got in answers.values()):
+            return answers
+    pytest.fail(f"200 scrapes, answered by {[(w, len(a)) for w, a in answers.items()]}")
+
+
+def connect_clients(app: Started, stack: contextlib.ExitStack, count: int) -> list[ClientConnection]:
+    clients = [stack.enter_context(connect(app.ws_url("/ws/metered"))) for _ in range(count)]
+    for client in clients:
+        assert next_frame(client)["type"] == "joined"
+    return clients
+
+
+def test_every_scrape_counts_every_workers_connections(workers: Started) -> None:
+    with contextlib.ExitStack() as stack:
+        clients = connect_clients(workers, stack, 20)
+        assert {worker_of(client) for client in clients} == {"1", "2"}
+        time.sleep(PUBLISHED_WITHIN)
+        for answers in scrapes_from_each_worker(workers).values():
+            for samples in answers:
+                assert samples[("websocket_connections_open", ())] == 20
+                assert samples[("websocket_connections_opened_total", ())] == 20
+
+
+def test_every_scrape_counts_every_workers_messages(workers: Started) -> None:
+    with contextlib.ExitStack() as stack:
+        clients = connect_clients(workers, stack, 6)
+        for number, client in enumerate(clients):
+            client.send(chat_frame(f"message {number}"))
+        for client in clients:
+            for _ in clients:
+                hear(client)
+        time.sleep(PUBLISHED_WITHIN)
+        for answers in scrapes_from_each_worker(workers).values():
+            for samples in answers:
+                assert samples[("websocket_messages_received_total", ())] == 6
+                assert samples[("websocket_messages_delivered_total", ())] == 36
+
+
+def test_closes_are_summed_by_code_across_workers(workers: Started) -> None:
+    with contextlib.ExitStack() as stack:
+        clients = connect_clients(workers, stack, 10)
+    assert {worker_of(client) for client in clients} == {"1", "2"}
+    time.sleep(PUBLISHED_WITHIN)
+    for answers in scrapes_from_each_worker(workers).values():
+        for samples in answers:
+            assert samples[("websocket_connections_closed_total", (("code", "1000"),))] == 10
+            assert samples[("websocket_connections_open", ())] == 0
+
+
+def test_a_worker_killed_once_serving_is_started_again_and_the_others_go_on(
+    workers: Started,
+) -> None:
+    time.sleep(MIN_UPTIME)
+    with contextlib.ExitStack() as stack:
+        clients = one_client_per_worker(workers, stack)
+        victim = worker_pid(workers, "1")
+        os.kill(victim, signal.SIGKILL)
+        workers.wait_for(lambda: "exited with -9: starting it again" in workers.log, "restart")
+        with pytest.raises(ConnectionClosed):
+            clients["1"].recv(timeout=10)
+        clients["2"].send(chat_frame("still here"))
+        assert hear(clients["2"]) == "still here"
+        workers.wait_for(
+            lambda: victim not in child_pids(workers.process.pid)
+            and len(child_pids(workers.process.pid)) == 2,
+            "a new worker",
+        )
+        workers.wait_for(lambda: workers.log.count("broker connected") == 3, "its broker")
+    assert workers.process.poll() is None
+
+
+def test_a_restarted_workers_counters_are_kept_and_its_gauges_dropped(
+    workers: Started,
+) -> None:
+    time.sleep(MIN_UPTIME)
+    with contextlib.ExitStack() as stack:
+        clients = connect_clients(workers, stack, 10)
+        on_first = sum(worker_of(client) == "1" for client in clients)
+        assert 0 < on_first < 10
+        time.sleep(PUBLISHED_WITHIN)
+        os.kill(worker_pid(workers, "1"), signal.SIGKILL)
+        workers.wait_for(lambda: "exited with -9: starting it again" in workers.log, "restart")
+        workers.wait_for(lambda: len(child_pids(workers.process.pid)) == 2, "a new worker")
+        workers.wait_for(lambda: workers.log.count("broker connected") == 3, "its broker")
+        time.sleep(PUBLISHED_WITHIN)
+        for answers in scrapes_from_each_worker(workers).values():
+            for samples in answers:
+                assert samples[("websocket_connections_opened_total", ())] == 10
+                assert samples[("websocket_connections_open", ())] == 10 - on_first
 
 
 def test_web_concurrency_without_redis_runs_one_process_and_says_why(

@@ -222,10 +222,11 @@ def test_a_client_with_no_origin_and_no_token_gets_401_not_the_browser_path(
 # --- Logs ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_token_or_secret_is_logged_even_at_debug(
-    start_app: Callable[..., App],
+    start_app: Callable[..., App], log_format: str
 ) -> None:
-    app = start_app(JWT_SECRET=SECRET, LOG_LEVEL="DEBUG")
+    app = start_app(JWT_SECRET=SECRET, LOG_LEVEL="DEBUG", LOG_FORMAT=log_format)
     header_token, frame_token = token(), token(sub="bob")
     with Client(app.ws_url(), additional_headers=bearer(header_token)) as client:
         client.say("hello")

@@ -64,3 +64,51 @@ def test_shutdown_timeout_stays_below_herokus_30_second_grace_period() -> None:
 def test_out_of_range_values_are_refused(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Config.from_environ({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"MAX_MESSAGE_SIZE": "2000000"}, ("MAX_MESSAGE_SIZE", "MAX_SEND_BUFFER")),
+        (
+            {"MAX_MESSAGE_SIZE": "65536", "MAX_SEND_BUFFER": "65535"},
+            ("MAX_MESSAGE_SIZE", "MAX_SEND_BUFFER"),
+        ),
+        ({"MAX_TEXT_LENGTH": "70000"}, ("MAX_TEXT_LENGTH", "MAX_MESSAGE_SIZE")),
+        (
+            {"MAX_SEND_BUFFER": "30000", "MAX_MESSAGE_SIZE": "30000"},
+            ("MAX_TEXT_LENGTH", "MAX_SEND_BUFFER"),
+        ),
+    ],
+    ids=[
+        "message larger than the default send buffer",
+        "message one byte larger than the send buffer",
+        "text longer than a message",
+        "largest message beyond what a resume may replay",
+    ],
+)
+def test_contradictory_settings_are_refused_naming_both(
+    environ: dict[str, str], named: tuple[str, str]
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Config.from_environ(environ)
+    message = str(refused.value)
+    assert all(variable in message for variable in named)
+
+
+def test_the_largest_message_may_equal_the_send_buffer() -> None:
+    config = Config.from_environ({"MAX_MESSAGE_SIZE": "1048576"})
+    assert config.max_message_size == config.max_send_buffer
+
+
+def test_without_history_the_replay_budget_does_not_apply() -> None:
+    environ = {"MAX_SEND_BUFFER": "30000", "MAX_MESSAGE_SIZE": "30000"}
+    config = Config.from_environ({**environ, "HISTORY_SIZE": "0"})
+    assert config.max_send_buffer == 30000
+
+
+def test_log_format_is_text_unless_told_json() -> None:
+    assert Config.from_environ({}).log_format == "text"
+    assert Config.from_environ({"LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match="LOG_FORMAT='xml' must be one of text, json"):
+        Config.from_environ({"LOG_FORMAT": "xml"})

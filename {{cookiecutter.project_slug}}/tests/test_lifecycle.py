@@ -122,6 +122,24 @@ def test_a_bad_setting_stops_startup_with_one_line_naming_it(
     assert repr(value) in result.stderr
 
 
+def test_contradictory_settings_stop_startup_with_one_line_naming_both() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", PACKAGE],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "MAX_MESSAGE_SIZE": "16777216"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(
+        "configuration error: MAX_MESSAGE_SIZE=16777216 is larger than "
+        "MAX_SEND_BUFFER=1048576"
+    )
+
+
 def test_log_level_hides_lower_levels(start_app: Callable[..., App]) -> None:
     app = start_app(LOG_LEVEL="WARNING")
     assert app.stop() == 0

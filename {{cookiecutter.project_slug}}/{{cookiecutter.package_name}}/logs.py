@@ -62,14 +62,13 @@ def configuration_error(message: str, log_format: str) -> str:
     line = f"configuration error: {message}"
     if log_format != "json":
         return line
-    return json.dumps(
+    return _dumps(
         {
             "time": _timestamp(datetime.datetime.now(datetime.UTC).timestamp()),
             "level": "CRITICAL",
             "logger": __package__,
             "message": line,
-        },
-        ensure_ascii=False,
+        }
     )
 
 
@@ -124,27 +123,49 @@ def _describe(websocket: Any) -> dict[str, str]:
 
 
 def _dumps_within(entry: dict[str, Any], limit: int) -> str:
-    """``json.dumps(entry)``, its long fields shortened to fit ``limit`` bytes."""
-    line = json.dumps(entry, ensure_ascii=False, default=str)
-    excess = len(line.encode()) - limit
-    for field in SHORTENED:
-        if excess <= 0:
-            break
-        text = entry.get(field)
-        if not isinstance(text, str):
-            continue
-        # Cutting characters cuts at least as many bytes once encoded; JSON
-        # escapes can make a character cost up to 6: cut that many more.
-        keep = max(0, len(text) - 6 * excess - len(MARKER))
-        # The end of a traceback says what failed; the start of a message.
-        entry[field] = (
-            MARKER + text[len(text) - keep :]
-            if field == "exception"
-            else text[:keep] + MARKER
-        )
-        line = json.dumps(entry, ensure_ascii=False, default=str)
-        excess = len(line.encode()) - limit
-    return line
+    """``json.dumps(entry)``, its long fields shortened to fit ``limit`` bytes.
+
+    The bytes left by the other fields are shared fairly among the long ones:
+    a field smaller than its share keeps it all and leaves the rest to the
+    others. A message keeps its start; a traceback its end, which says what
+    failed.
+    """
+    line = _dumps(entry)
+    if len(line.encode()) <= limit:
+        return line
+    long = sorted(
+        (field for field in SHORTENED if isinstance(entry.get(field), str)),
+        key=lambda field: _size(entry[field]),
+    )
+    budget = limit - (len(line.encode()) - sum(_size(entry[f]) for f in long))
+    for index, field in enumerate(long):
+        share = max(0, budget // (len(long) - index))
+        if _size(entry[field]) > share:
+            entry[field] = _cut(entry[field], share, keep_end=field == "exception")
+        budget -= _size(entry[field])
+    return _dumps(entry)
+
+
+def _cut(text: str, size: int, *, keep_end: bool) -> str:
+    """The longest part of ``text`` that takes ``size`` bytes in JSON, marked."""
+    low, high = 0, len(text)  # binary search on the characters kept
+    while low < high:
+        middle = (low + high + 1) // 2
+        kept = text[len(text) - middle :] if keep_end else text[:middle]
+        if _size(MARKER + kept) <= size:
+            low = middle
+        else:
+            high = middle - 1
+    return MARKER + text[len(text) - low :] if keep_end else text[:low] + MARKER
+
+
+def _size(text: str) -> int:
+    """Bytes ``text`` takes in a JSON line, quotes included."""
+    return len(_dumps(text).encode())
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _timestamp(created: float) -> str:
