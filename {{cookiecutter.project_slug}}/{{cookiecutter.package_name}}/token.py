@@ -43,23 +43,39 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.lifetime <= 366 * 86400:
         print("--lifetime must be between 0 and a year of seconds", file=sys.stderr)
         return 2
-    now = int(time.time())
-    claims: dict[str, object] = {
-        "sub": args.sub,
-        "iat": now,
-        "exp": now + int(args.lifetime),
-    }
-    if args.name:
-        claims["name"] = args.name
+    rooms = None
     if args.rooms is not None:
-        rooms = (room.strip() for room in args.rooms.split(","))
-        claims["rooms"] = [room for room in rooms if room]
+        names = (room.strip() for room in args.rooms.split(","))
+        rooms = [room for room in names if room]
+    name = args.name or None
+    print(mint(config, args.sub, lifetime=args.lifetime, name=name, rooms=rooms))
+    return 0
+
+
+def mint(
+    config: Config,
+    sub: str,
+    *,
+    lifetime: float,
+    name: str | None = None,
+    rooms: list[str] | None = None,
+    issued_at: float | None = None,
+) -> str:
+    """An HS256 token signed with ``JWT_SECRET``, for the app's audience and
+    issuer if it requires them. ``rooms=None``: any room."""
+    if config.jwt_secret is None:
+        raise ValueError("JWT_SECRET is not set: there is nothing to sign with")
+    now = int(time.time() if issued_at is None else issued_at)
+    claims: dict[str, object] = {"sub": sub, "iat": now, "exp": now + int(lifetime)}
+    if name is not None:
+        claims["name"] = name
+    if rooms is not None:
+        claims["rooms"] = rooms
     if config.jwt_audience:
         claims["aud"] = config.jwt_audience
     if config.jwt_issuer:
         claims["iss"] = config.jwt_issuer
-    print(jwt.encode(claims, config.jwt_secret, algorithm="HS256"))
-    return 0
+    return jwt.encode(claims, config.jwt_secret, algorithm="HS256")
 
 
 if __name__ == "__main__":
