@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import app_environment, package_of, require_tool
+from conftest import TEMPLATE, app_environment, package_of, require_tool
 
 WORKFLOW = ".github/workflows/ci.yml"
 
@@ -26,9 +27,17 @@ def workflow(project: Path) -> dict[str, Any]:
     return yaml.safe_load((project / WORKFLOW).read_text())
 
 
-def workflow_steps(project: Path) -> dict[str, dict[str, Any]]:
-    (job,) = workflow(project)["jobs"].values()
-    return {step.get("name", step.get("uses", "")): step for step in job["steps"]}
+def workflow_steps(project: Path, job: str = "test") -> dict[str, dict[str, Any]]:
+    steps = workflow(project)["jobs"][job]["steps"]
+    return {step.get("name", step.get("uses", "")): step for step in steps}
+
+
+def setup_python(project: Path, job: str) -> dict[str, Any]:
+    return next(
+        step
+        for name, step in workflow_steps(project, job).items()
+        if name.startswith("actions/setup-python@")
+    )
 
 
 def copy_project(project: Path, tmp_path: Path) -> Path:
@@ -50,8 +59,9 @@ def test_the_workflow_is_the_only_one_and_runs_on_push_and_pull_request(
 def test_the_workflow_sets_least_permissions_and_a_timeout(default_project: Path) -> None:
     config = workflow(default_project)
     assert config["permissions"] == {"contents": "read"}
-    (job,) = config["jobs"].values()
-    assert 0 < job["timeout-minutes"] <= 30
+    assert set(config["jobs"]) == {"lint", "test"}
+    for job in config["jobs"].values():
+        assert 0 < job["timeout-minutes"] <= 30
 
 
 def test_the_workflow_pins_every_action_to_a_commit(default_project: Path) -> None:
@@ -63,19 +73,28 @@ def test_the_workflow_pins_every_action_to_a_commit(default_project: Path) -> No
         assert re.fullmatch(r"  # v\d+\.\d+\.\d+", comment), (action, comment)
 
 
-def test_the_workflow_uses_the_projects_python_version(default_project: Path) -> None:
-    setup = next(
-        step
-        for name, step in workflow_steps(default_project).items()
-        if name.startswith("actions/setup-python@")
-    )
+def test_the_workflow_lints_on_the_projects_python_version(default_project: Path) -> None:
+    setup = setup_python(default_project, "lint")
     assert setup["with"]["python-version-file"] == ".python-version"
+    assert "Lint" in workflow_steps(default_project, "lint")
 
 
-def test_checkout_does_not_leave_the_token_on_disk(default_project: Path) -> None:
+def test_the_workflow_tests_every_python_version_the_template_offers(
+    default_project: Path,
+) -> None:
+    test = workflow(default_project)["jobs"]["test"]
+    offered = json.loads((TEMPLATE / "cookiecutter.json").read_text())["python_version"]
+    assert sorted(test["strategy"]["matrix"]["python-version"]) == sorted(offered)
+    assert test["strategy"]["fail-fast"] is False
+    setup = setup_python(default_project, "test")
+    assert setup["with"]["python-version"] == "${{ matrix.python-version }}"
+
+
+@pytest.mark.parametrize("job", ["lint", "test"])
+def test_checkout_does_not_leave_the_token_on_disk(default_project: Path, job: str) -> None:
     checkout = next(
         step
-        for name, step in workflow_steps(default_project).items()
+        for name, step in workflow_steps(default_project, job).items()
         if name.startswith("actions/checkout@")
     )
     assert checkout["with"]["persist-credentials"] is False
@@ -91,8 +110,9 @@ def test_the_workflow_installs_redis_only_when_the_tests_need_it(
 
 
 def test_the_workflow_installs_what_the_readme_says(default_project: Path) -> None:
-    steps = workflow_steps(default_project)
-    assert steps["Install dependencies"]["run"] == "pip install -r requirements-dev.txt"
+    for job in ("lint", "test"):
+        steps = workflow_steps(default_project, job)
+        assert steps["Install dependencies"]["run"] == "pip install -r requirements-dev.txt"
     readme = (default_project / "README.md").read_text()
     assert "pip install -r requirements-dev.txt" in readme
 
@@ -105,10 +125,9 @@ def test_the_workflows_lint_and_test_commands_pass_in_the_baked_project(
     if use_redis:
         require_tool("redis-server")
     project = copy_project(bake(use_redis=use_redis), tmp_path)
-    steps = workflow_steps(project)
-    for name in ("Lint", "Test"):
+    for job, name in (("lint", "Lint"), ("test", "Test")):
         result = subprocess.run(
-            ["bash", "-e", "-c", steps[name]["run"]],
+            ["bash", "-e", "-c", workflow_steps(project, job)[name]["run"]],
             cwd=project,
             env=app_environment(CI="true"),
             capture_output=True,

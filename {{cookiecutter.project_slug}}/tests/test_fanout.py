@@ -100,7 +100,8 @@ def test_a_client_that_stops_reading_is_dropped(
     app = start_app(
         MAX_MESSAGES_PER_SECOND="100000",
         MAX_SEND_BUFFER=str(max_send_buffer),
-        MAX_TEXT_LENGTH="100000",
+        MAX_TEXT_LENGTH="60000",
+        HISTORY_SIZE="0",  # the subject is the sleeper's backlog, not the history
         EVENT_LOOP=loop,
     )
     chunk = "x" * 60_000
