@@ -237,3 +237,22 @@ def test_the_scaleout_benchmark_smoke_mode_measures_every_redis_mode(
         assert row["redis_commands_per_message"] >= 6
         assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert re.search(r"\| cluster-3 \| [\d,]+ \| [\d.]+% \|", result.stdout), result.stdout
+
+
+def test_the_conformance_benchmark_smoke_mode_runs_a_compression_case() -> None:
+    """Case 12.1.1 against the echo server with COMPRESSION=deflate: it passes,
+    the handshake accepted permessage-deflate, and the counts are printed."""
+    require_tool("kosoku")
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "conformance.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    output = result.stdout
+    assert "COMPRESSION=deflate" in output, output
+    assert re.search(r"^cases: 1 in [\d.]+ s wall time$", output, re.MULTILINE), output
+    assert re.search(r"^OK: 1$", output, re.MULTILINE), output
+    assert re.search(r"^FAILED: 0$", output, re.MULTILINE), output
+    assert "permessage-deflate accepted: 1 of 1" in output, output
