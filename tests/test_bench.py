@@ -157,6 +157,30 @@ def test_the_redis_memory_benchmark_smoke_mode_prints_its_numbers() -> None:
     assert re.search(r"streams: [\d.]+ KiB per room \(50 entries", output), output
 
 
+def test_the_scrape_benchmark_smoke_mode_prints_every_cost() -> None:
+    require_tool("redis-server")  # two workers share a redis-server
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "scrape.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) >= {
+        "int_inc_us",
+        "multiprocess_counter_inc_us",
+        "publish_us",
+        "scrape_us",
+        "scrape_2_workers_us",
+        "scrape_8_workers_us",
+        "one_process_median_ms",
+        "two_workers_median_ms",
+    }
+    assert all(value > 0 for value in figures.values())
+    assert "per scrape over HTTP, 10 clients" in result.stdout
+
+
 def test_the_client_offers_deflate_like_a_browser_and_the_baseline_takes_it(
     smoke: tuple[dict[str, Any], str],
 ) -> None:
