@@ -132,7 +132,7 @@ def test_the_workflows_lint_and_test_commands_pass_in_the_baked_project(
             env=app_environment(CI="true"),
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=900,
         )
         assert result.returncode == 0, f"{name}:\n{result.stdout[-5000:]}{result.stderr[-2000:]}"
     assert " passed" in result.stdout and "skipped" not in result.stdout

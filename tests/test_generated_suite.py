@@ -1,8 +1,10 @@
 """The generated project's own test suite passes inside the baked project,
 on every Python the template offers that this machine has.
 
-`.ci/run`'s `python3` is 3.11, so 3.11 runs wherever the template's suite
-does, and under CI=true its absence fails. Other versions are looked for on
+`.ci/run`'s `python3` is 3.11, the oldest offered: test_developer_tooling
+runs the generated suite on it (the workflow's Test step, with and without
+Redis), and under CI=true any other interpreter fails here. The other
+versions run the suite here, with a renamed package; they are looked for on
 PATH (`python3.12`) and under pyenv; one that is missing is reported as a
 skip with the reason, even in CI: a fresh machine may lack it. No 3.14 is
 installed on the machines this template is tested on, and none can be
@@ -52,21 +54,20 @@ def find_python(version: str) -> str | None:
 
 
 def test_the_oldest_offered_python_is_the_one_ci_runs_on() -> None:
+    """test_developer_tooling runs the generated suite on this interpreter."""
     assert REQUIRED == "3.11"
     assert running_version() == REQUIRED or not IN_CI
 
 
-@pytest.mark.parametrize("version", sorted(OFFERED))
-def test_the_generated_test_suite_passes_on_every_offered_python(
+@pytest.mark.parametrize("version", sorted(set(OFFERED) - {REQUIRED}))
+def test_the_generated_test_suite_passes_on_every_other_offered_python(
     bake: Callable[..., Path], tmp_path: Path, version: str
 ) -> None:
-    """With a renamed package; test_developer_tooling runs the default names."""
     python = find_python(version)
     if python is None:
-        message = f"Python {version} is not installed here: the generated suite did not run on it"
-        if version == REQUIRED and IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(
+            f"Python {version} is not installed here: the generated suite did not run on it"
+        )
     project = bake(package_name=TEXT_SAMPLES["package_name"], python_version=version)
     if python != sys.executable:
         venv = tmp_path / "venv"
@@ -86,11 +87,12 @@ def test_the_generated_test_suite_passes_on_every_offered_python(
         env={**app_environment(CI="true"), "PATH": f"{Path(python).parent}:{os.environ['PATH']}"},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "skipped" not in summary
-    assert f"Python {version}." in subprocess.run(
-        [python, "--version"], capture_output=True, text=True, check=True
-    ).stdout
+    assert (
+        f"Python {version}."
+        in subprocess.run([python, "--version"], capture_output=True, text=True, check=True).stdout
+    )

@@ -334,7 +334,9 @@ def scrapes_from_each_worker(app: Started, count: int = 3) -> dict[str, list[dic
     pytest.fail(f"200 scrapes, answered by {[(w, len(a)) for w, a in answers.items()]}")
 
 
-def connect_clients(app: Started, stack: contextlib.ExitStack, count: int) -> list[ClientConnection]:
+def connect_clients(
+    app: Started, stack: contextlib.ExitStack, count: int
+) -> list[ClientConnection]:
     clients = [stack.enter_context(connect(app.ws_url("/ws/metered"))) for _ in range(count)]
     for client in clients:
         assert next_frame(client)["type"] == "joined"
@@ -392,8 +394,10 @@ def test_a_worker_killed_once_serving_is_started_again_and_the_others_go_on(
         clients["2"].send(chat_frame("still here"))
         assert hear(clients["2"]) == "still here"
         workers.wait_for(
-            lambda: victim not in child_pids(workers.process.pid)
-            and len(child_pids(workers.process.pid)) == 2,
+            lambda: (
+                victim not in child_pids(workers.process.pid)
+                and len(child_pids(workers.process.pid)) == 2
+            ),
             "a new worker",
         )
         workers.wait_for(lambda: workers.log.count("broker connected") == 3, "its broker")
