@@ -51,7 +51,7 @@ number = {number}
 out = {{}}
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     from prometheus_client import Counter
-    shared = metrics.share()
+    shared = metrics.share(1)
     out["multiprocess_counter_inc_us"] = per_call(Counter("x", "x", registry=None).inc, number)
     def changed_publish():
         metrics.MESSAGES_RECEIVED.inc(); metrics.MESSAGES_DELIVERED.inc()
@@ -71,7 +71,7 @@ print(json.dumps(out))
 WORKER = r"""
 from {package} import metrics
 metrics.MESSAGES_RECEIVED.inc(1000); metrics.CONNECTIONS_CLOSED[1000] += 5
-metrics.share().publish()
+metrics.share(1).publish()
 """
 
 

@@ -160,3 +160,32 @@ def test_a_short_line_is_left_whole() -> None:
     assert entry["message"] == "all good"
     assert entry["worker"] == 2
     assert "exception" not in entry
+
+
+def test_characters_some_readers_split_lines_at_are_escaped() -> None:
+    line = JsonFormatter().format(record("one\u2028two\u2029three\x85four"))
+    assert "\u2028" not in line and "\u2029" not in line and "\x85" not in line
+    assert line.splitlines() == [line]
+    assert json.loads(line)["message"] == "one\u2028two\u2029three\x85four"
+
+
+def test_an_exception_in_a_thread_is_one_json_line() -> None:
+    code = (
+        "import threading\n"
+        "from {{ cookiecutter.package_name }} import logs\n"
+        "logs.configure('json', 'INFO', worker_id=None, secret=None)\n"
+        "thread = threading.Thread(target=lambda: 1 / 0, name='doomed')\n"
+        "thread.start()\n"
+        "thread.join()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.stderr == ""
+    (entry,) = json_lines(result.stdout)
+    assert entry["message"] == "uncaught exception in thread doomed"
+    assert entry["exception"].endswith("ZeroDivisionError: division by zero")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import App
+from {{ cookiecutter.package_name }} import metrics
+
+from conftest import PACKAGE, App
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -78,3 +84,34 @@ def test_build_info_names_the_versions(app: App) -> None:
 def test_metrics_can_be_switched_off(start_app: Callable[..., App]) -> None:
     app = start_app(SERVE_METRICS="false")
     assert app.request("GET", "/metrics")[0] == 404
+
+
+def test_a_lone_process_never_shares_its_metrics_even_if_told_to(
+    start_app: Callable[..., App], tmp_path: Path
+) -> None:
+    # Only a worker's parent removes the gauges of a dead process.
+    directory = tmp_path / "multiprocess"
+    directory.mkdir()
+    app = start_app(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    with app.client("/ws/alone"):
+        assert value(app, "websocket_connections_open") == 1
+    assert list(directory.iterdir()) == []
+    assert ("process_open_fds", ()) in scrape(app)
+
+
+def test_a_dead_parents_metrics_directory_is_removed_at_the_next_start() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    directory = metrics.shared_directory()
+    stale = directory.parent / f"{PACKAGE}-metrics-{dead.pid}-leftover"
+    alive = directory.parent / f"{PACKAGE}-metrics-{os.getpid()}-inuse"
+    stale.mkdir()
+    alive.mkdir()
+    made = [stale, alive, directory]
+    try:
+        made.append(metrics.shared_directory())
+        assert not stale.exists()
+        assert alive.exists() and directory.exists()
+    finally:
+        for path in made:
+            metrics.remove_shared_directory(path)

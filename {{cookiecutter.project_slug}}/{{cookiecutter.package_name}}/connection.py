@@ -76,7 +76,12 @@ class Connection(FanoutConnection):
         """
         super().pause_writing()
         backlog = self.transport.get_write_buffer_size()
-        logger.info("dropping %s: %d bytes unread", self.remote_address, backlog)
+        logger.info(
+            "dropping %s: %d bytes unread",
+            self.remote_address,
+            backlog,
+            extra={"websocket": self},  # for LOG_FORMAT=json: see logs.py
+        )
         # Not from inside the write that called us: on the next loop turn.
         asyncio.get_running_loop().call_soon(self.transport.abort)
 

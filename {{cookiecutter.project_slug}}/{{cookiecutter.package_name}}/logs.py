@@ -19,6 +19,7 @@ import datetime
 import json
 import logging
 import sys
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -26,10 +27,17 @@ from .auth import RedactSecrets
 
 __all__ = ["MAX_LINE_BYTES", "JsonFormatter", "configuration_error", "configure"]
 
-#: Longest JSON line, in bytes, newline excluded: below Heroku's 10,000.
-MAX_LINE_BYTES = 8192
+#: Longest JSON line, in bytes, newline excluded. With its newline it fits
+#: in PIPE_BUF (4,096), the most Linux writes to a pipe at once: lines of
+#: workers sharing stdout never interleave. Heroku splits lines at 10,000.
+MAX_LINE_BYTES = 4095
 #: Fields shortened, in this order of preference, when a line is too long.
-SHORTENED = ("exception", "message", "forwarded_for")
+SHORTENED = ("exception", "stack", "message", "forwarded_for", "logger", "remote")
+#: Characters that some readers take for the end of a line (Python's
+#: str.splitlines() among them): escaped, as JSON allows.
+LINE_BREAKS = str.maketrans(
+    {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 MARKER = " [...]"
 
 
@@ -41,8 +49,11 @@ def configure(
     if log_format == "json":
         handler.setFormatter(JsonFormatter(worker_id=worker_id))
         # An uncaught exception would otherwise print its traceback across
-        # lines on stderr; a warning would print two lines of its own.
+        # lines on stderr, in the main thread, another thread, or where
+        # Python can only ignore it (a __del__); a warning, two lines.
         sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
+        sys.unraisablehook = _log_unraisable
         logging.captureWarnings(True)
     else:
         worker = "" if worker_id is None else f"worker {worker_id} "
@@ -113,7 +124,8 @@ def _describe(websocket: Any) -> dict[str, str]:
         described = {"connection": str(websocket.id)}
         remote = websocket.remote_address
         if remote:
-            described["remote"] = f"{remote[0]}:{remote[1]}"
+            host = f"[{remote[0]}]" if ":" in str(remote[0]) else remote[0]
+            described["remote"] = f"{host}:{remote[1]}"
         request = websocket.request
         if request is not None and "X-Forwarded-For" in request.headers:
             described["forwarded_for"] = request.headers["X-Forwarded-For"]
@@ -165,7 +177,7 @@ def _size(text: str) -> int:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(value, ensure_ascii=False, default=str).translate(LINE_BREAKS)
 
 
 def _timestamp(created: float) -> str:
@@ -180,4 +192,26 @@ def _log_uncaught(
 ) -> None:
     logging.getLogger(__package__).critical(
         "uncaught exception", exc_info=(kind, exc, traceback)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger(__package__).error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    exc = unraisable.exc_value
+    exc_info = None if exc is None else (unraisable.exc_type, exc, exc.__traceback__)
+    logging.getLogger(__package__).error(
+        "%s: %r",
+        unraisable.err_msg or "exception ignored",
+        unraisable.object,
+        exc_info=exc_info,
     )

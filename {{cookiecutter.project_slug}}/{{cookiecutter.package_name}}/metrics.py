@@ -301,10 +301,14 @@ async def keep_published(shared: SharedMetrics) -> None:
         shared.publish()  # the last counts, for the sums after this worker
 
 
-def share() -> SharedMetrics | None:
-    """In a worker given a shared directory, start publishing there."""
+def share(worker_id: int | None) -> SharedMetrics | None:
+    """In a worker given a shared directory, start publishing there.
+
+    Only a worker: the parent that made the directory removes the gauges of
+    a dead worker; a lone process would keep those of its predecessors.
+    """
     global _shared
-    if _shared is None and os.environ.get(SHARED_DIRECTORY):
+    if _shared is None and worker_id is not None and os.environ.get(SHARED_DIRECTORY):
         _shared = SharedMetrics()
     return _shared
 
@@ -317,8 +321,26 @@ def shared_directory() -> Path:
     the files are written on every publish and must never reach a disk.
     """
     shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix=f"{__package__}-metrics-", dir=base))
+    writable = shm.is_dir() and os.access(shm, os.W_OK)
+    base = shm if writable else Path(tempfile.gettempdir())
+    prefix = f"{__package__}-metrics-"
+    # A parent killed with SIGKILL (at the end of a platform's grace period)
+    # leaves its directory behind: /dev/shm outlives it on a VM.
+    for stale in base.glob(f"{prefix}*-*"):
+        pid = stale.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def forget_worker(directory: Path, pid: int) -> None:

@@ -95,7 +95,7 @@ async def run(config: Config) -> None:
         raise SystemExit(1) from None
     metrics.CONNECTIONS_OPEN.set_function(lambda: counter.open)
     metrics.BROKER_CONNECTED.set_function(lambda: broker.status == "connected")
-    shared = metrics.share()
+    shared = metrics.share(config.worker_id)
     publisher = (
         None if shared is None else asyncio.create_task(metrics.keep_published(shared))
     )

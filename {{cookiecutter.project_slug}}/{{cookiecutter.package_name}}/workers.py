@@ -127,7 +127,14 @@ def _supervise(config: Config, directory: Path) -> int:
                 logger.error(
                     "worker %d exited with %d: starting it again", worker_id, code
                 )
-                workers[worker_id] = Worker(worker_id, directory)
+                # A signal landing while the new worker starts must reach it:
+                # it waits until the worker is in the table forward() reads.
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+                try:
+                    if not stop_requested:
+                        workers[worker_id] = Worker(worker_id, directory)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if failed:
                 forward(signal.SIGTERM, None)
         if stop_requested and deadline is None:
