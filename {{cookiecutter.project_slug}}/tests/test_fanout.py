@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -268,6 +269,52 @@ def test_a_message_that_is_neither_text_nor_bytes_is_refused() -> None:
 # --- A raw WebSocket client, to see frames exactly as the server wrote them ---
 
 
+# --- The receive path: complete text messages skip the library's queue ------
+
+
+def read_message_texts(sock: socket.socket, count: int) -> list[str]:
+    texts: list[str] = []
+    while len(texts) < count:
+        opcode, payload = read_frame(sock)
+        assert opcode == 0x1, (opcode, payload)
+        answer = json.loads(payload)
+        if answer["type"] == "message":
+            texts.append(answer["text"])
+    return texts
+
+
+def test_a_whole_message_waits_behind_a_fragmented_one(app: App) -> None:
+    with raw_websocket(app.port, "/ws/order") as sock:
+        assert json.loads(read_frame(sock)[1])["type"] == "joined"
+        first = b'{"type":"message","text":"fragmented"}'
+        sock.sendall(
+            frame(0x1, first[:10], fin=False)
+            + frame(0x0, first[10:])
+            + frame(0x1, b'{"type":"message","text":"whole"}')
+        )
+        assert read_message_texts(sock, 2) == ["fragmented", "whole"]
+
+
+def test_whole_messages_sent_in_one_write_keep_their_order(app: App) -> None:
+    texts = [f"number {n}" for n in range(30)]
+    frames = b"".join(
+        frame(0x1, json.dumps({"type": "message", "text": text}).encode())
+        for text in texts
+    )
+    with raw_websocket(app.port, "/ws/order") as sock:
+        assert json.loads(read_frame(sock)[1])["type"] == "joined"
+        sock.sendall(frames)
+        assert read_message_texts(sock, len(texts)) == texts
+
+
+def test_invalid_utf8_in_a_whole_text_message_closes_with_1007(app: App) -> None:
+    with raw_websocket(app.port, "/ws/utf8") as sock:
+        assert json.loads(read_frame(sock)[1])["type"] == "joined"
+        sock.sendall(frame(0x1, b'{"type":"message","text":"\xff"}'))
+        opcode, payload = read_frame(sock)
+        assert (opcode, int.from_bytes(payload[:2])) == (0x8, 1007)
+
+
 @contextlib.contextmanager
 def raw_websocket(
     port: int, path: str, *, receive_buffer: int | None = None
@@ -290,11 +337,11 @@ def raw_websocket(
         yield sock
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
+def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     """A masked client frame, payload under 126 bytes."""
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+    return bytes([0x80 * fin | opcode, 0x80 | len(payload)]) + mask + masked
 
 
 def read_frame(sock: socket.socket) -> tuple[int, bytes]:

@@ -166,6 +166,9 @@ class Broker:
 
     #: What /healthz reports: "local" means rooms end at this process.
     status = "local"
+    #: Whether :meth:`publish_now` stores a message without waiting for
+    #: anything, so that a message can be published as soon as it arrives.
+    immediate = True
 
     def __init__(self, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
         self._subscribers: list[Deliver] = []
@@ -207,6 +210,10 @@ class Broker:
         window is not stored nor delivered again: the first one's id is
         returned. Raise :exc:`Unavailable` if the message may not be stored.
         """
+        return self.publish_locally(room, tail, client_id)
+
+    def publish_now(self, room: str, tail: str, client_id: str | None) -> Stored:
+        """:meth:`publish`, without awaiting: only where :attr:`immediate`."""
         return self.publish_locally(room, tail, client_id)
 
     async def replay(self, room: str, since: str | None) -> Replay:

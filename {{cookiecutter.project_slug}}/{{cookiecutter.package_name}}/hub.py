@@ -28,6 +28,7 @@ so that they reconnect with ``since`` and learn it from ``recovered``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -42,6 +43,7 @@ from websockets.frames import CloseCode
 from . import fanout, metrics, protocol
 from .auth import AuthError, Identity, Verifier
 from .broker import Broker, Replay, Unavailable
+from .connection import Connection
 from .rooms import Chat
 
 __all__ = ["DEFAULT_ROOM", "Hub", "room_for", "since_for"]
@@ -147,18 +149,29 @@ class Hub:
                         return
                 expiry = self.close_at_expiry(connection, identity)
             await self.join(connection, room, since_for(connection.request.path))
+            if self.broker.immediate and isinstance(connection, Connection):
+                # Complete text messages now skip the loop below, which gets
+                # only what the fast path hands back (see connection.py).
+                connection.on_text = functools.partial(
+                    self.receive_now, connection, room
+                )
             async for frame in connection:
                 if not isinstance(frame, str):
                     await connection.close(CloseCode.UNSUPPORTED_DATA, "text only")
                     break
                 metrics.MESSAGES_RECEIVED.inc()
-                await self.receive(connection, room, frame)
+                connection.receiving = True  # type: ignore[attr-defined]
+                try:
+                    await self.receive(connection, room, frame)
+                finally:
+                    connection.receiving = False  # type: ignore[attr-defined]
         except ConnectionClosedError:
             # The client broke the protocol or vanished. websockets has
             # already closed the connection with the right code; there is
             # nothing to add and no reason to log a traceback.
             pass
         finally:
+            connection.on_text = None  # type: ignore[attr-defined]
             if expiry is not None:
                 expiry.cancel()
             self.leave(connection, room)
@@ -253,11 +266,42 @@ class Hub:
         self, connection: ServerConnection, room: str, frame: str
     ) -> None:
         """Publish a client's message and acknowledge it, or answer an error."""
+        message = self._read(connection, room, frame)
+        if message is None:
+            return
+        tail, client_id = message
+        try:
+            stored = await self.broker.publish(room, tail, client_id)
+        except Unavailable:
+            self._unavailable(connection, client_id)
+            return
+        fanout.broadcast([connection], protocol.ack_frame(client_id, stored.id))
+
+    def receive_now(self, connection: ServerConnection, room: str, frame: str) -> None:
+        """:meth:`receive` without awaiting, for a broker that needs not
+        (``Broker.immediate``): called from ``Connection.process_event``."""
+        metrics.MESSAGES_RECEIVED.inc()
+        message = self._read(connection, room, frame)
+        if message is None:
+            return
+        tail, client_id = message
+        try:
+            stored = self.broker.publish_now(room, tail, client_id)
+        except Unavailable:
+            self._unavailable(connection, client_id)
+            return
+        fanout.broadcast([connection], protocol.ack_frame(client_id, stored.id))
+
+    def _read(
+        self, connection: ServerConnection, room: str, frame: str
+    ) -> tuple[str, str | None] | None:
+        """The message to publish (its tail and client_id), or None once an
+        error frame has answered it."""
         identity: Identity | None = getattr(connection, "identity", None)
         try:
             send = protocol.parse(frame, max_text_length=self.max_text_length)
             if isinstance(send, protocol.Auth):
-                return  # the token was read at the handshake, or first
+                return None  # the token was read at the handshake, or first
             text = self.chat.on_message(identity, room, send.text)
             if text is None:
                 raise protocol.FrameError(
@@ -265,20 +309,16 @@ class Hub:
                 )
         except protocol.FrameError as error:
             fanout.broadcast([connection], protocol.error_frame(error))
-            return
+            return None
         sender = None if identity is None else identity.sender()
-        tail = protocol.message_tail(room, sender, text)
-        try:
-            stored = await self.broker.publish(room, tail, send.client_id)
-        except Unavailable:
-            error = protocol.FrameError(
-                "unavailable",
-                "the message could not be stored: send it again",
-                send.client_id,
-            )
-            fanout.broadcast([connection], protocol.error_frame(error))
-            return
-        fanout.broadcast([connection], protocol.ack_frame(send.client_id, stored.id))
+        return protocol.message_tail(room, sender, text), send.client_id
+
+    @staticmethod
+    def _unavailable(connection: ServerConnection, client_id: str | None) -> None:
+        error = protocol.FrameError(
+            "unavailable", "the message could not be stored: send it again", client_id
+        )
+        fanout.broadcast([connection], protocol.error_frame(error))
 
     def leave(self, connection: ServerConnection, room: str) -> None:
         members = self.members.get(room)

@@ -201,6 +201,9 @@ class Link:
 class RedisBroker(Broker):
     """Publish to Redis; deliver what Redis sends back to local subscribers."""
 
+    #: Publishing waits for Redis: every message takes the awaiting path.
+    immediate = False
+
     def __init__(
         self,
         url: str,
