@@ -17,7 +17,7 @@ naming its sender (or its latency probe): that is how a client knows its own
 message came back, and when the last member of a room has a probe.
 
 Commands (``op`` plus keyword arguments of the Agent method of that name):
-``open``, ``loop``, ``latency``, ``close``, ``closes``; ``exit`` ends it.
+``open``, ``loop``, ``paced``, ``latency``, ``close``, ``closes``; ``exit`` ends it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 #: Characters of every message's text.
 MESSAGE_SIZE = 64
 TAG_SIZE = 7
+#: The start of a text that handlers see: the tag, then (paced) a sequence.
+HEAD_SIZE = TAG_SIZE + 8
 
 #: How every server here starts a message frame and an ack (compact JSON,
 #: ``type`` first), so that the client needn't parse them: it finds the
@@ -47,6 +49,9 @@ MESSAGE_HEAD = b'{"type":"message",'
 ACK_HEAD = b'{"type":"ack",'
 #: In JSON text, these bytes can only be a key: inside a string, '"' is escaped.
 TEXT_KEY = b'"text":"'
+
+#: Seconds between two checks of what is due in the open loop.
+PACE_TICK = 0.001
 
 __all__ = ["Agent", "Member"]
 
@@ -73,7 +78,7 @@ class Member(WSListener):
         self.codec = codec
         self.transport: WSTransport | None = None
         self.close_code: int | None = None
-        #: Called with the first TAG_SIZE bytes of each message's text.
+        #: Called with the first HEAD_SIZE bytes of each message's text.
         self.on_message: Callable[[Member, bytes], None] | None = None
         self.sent = 0
 
@@ -88,7 +93,7 @@ class Member(WSListener):
             start = payload.find(TEXT_KEY) if payload.startswith(MESSAGE_HEAD) else -1
             if start >= 0:
                 start += len(TEXT_KEY)
-                head = payload[start : start + TAG_SIZE]
+                head = payload[start : start + HEAD_SIZE]
             elif payload.startswith(ACK_HEAD):
                 self.counters.acks += 1
                 return
@@ -117,7 +122,7 @@ class Member(WSListener):
             data = None
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "message" and isinstance(data.get("text"), str):
-            return data["text"].encode()[:TAG_SIZE]
+            return data["text"].encode()[:HEAD_SIZE]
         if kind == "ack":
             self.counters.acks += 1
         elif kind == "joined":
@@ -206,7 +211,7 @@ class Agent:
         drained = asyncio.get_running_loop().create_future()
 
         def on_message(member: Member, head: bytes) -> None:
-            if head != member.tag:
+            if head[:TAG_SIZE] != member.tag:
                 return
             self.counters.returned += 1
             if running:
@@ -240,6 +245,63 @@ class Agent:
             "machine_cpu": after["machine_cpu"] - before["machine_cpu"],
             "acks": after["acks"] - before["acks"],
             "lost": sum(on_their_way.values()),
+            "closed": sum(m.close_code is not None for m in members),
+            "error_frames": self.counters.errors,
+            "last_error": self.counters.last_error,
+        }
+
+    async def paced(
+        self, group: str, rate: float, seconds: float, warmup: float, server_pid: int
+    ) -> dict[str, Any]:
+        """Open loop: the members send ``rate`` messages a second in all, in turn,
+        whatever the server's speed, as users do; below saturation, each
+        message pays its own wake-ups and system calls.
+
+        Every message's text carries a sequence number; each delivery's
+        latency, from the send to a member's receipt, is kept over the window.
+        """
+        members = self.groups[group]
+        sent_at: dict[bytes, float] = {}
+        latencies: list[float] = []
+        measuring = False
+
+        def on_message(member: Member, head: bytes) -> None:
+            sent = sent_at.get(head[TAG_SIZE:])
+            if sent is not None and measuring:
+                latencies.append(time.perf_counter() - sent)
+
+        for member in members:
+            member.on_message = on_message
+        start = time.perf_counter()
+        stop = start + warmup + seconds
+        sent = 0
+        before: dict[str, float] = {}
+        while (now := time.perf_counter()) < stop:
+            if not measuring and now >= start + warmup:
+                measuring, before = True, self.snapshot(server_pid)
+            due = int((now - start) * rate) - sent
+            for _ in range(due):
+                member = members[sent % len(members)]
+                sequence = b"%08d" % (sent % 10**8)
+                sent_at[sequence] = time.perf_counter()
+                member.send_message((member.tag + sequence).ljust(MESSAGE_SIZE, b"."))
+                sent += 1
+            await asyncio.sleep(PACE_TICK)
+        after = self.snapshot(server_pid)
+        measuring = False
+        await asyncio.sleep(0.5)  # let the last ones arrive before the next round
+        for member in members:
+            member.on_message = None
+        latencies.sort()
+        return {
+            "elapsed": after["time"] - before["time"],
+            "deliveries": after["deliveries"] - before["deliveries"],
+            "server_cpu": after["server_cpu"] - before["server_cpu"],
+            "client_cpu": after["client_cpu"] - before["client_cpu"],
+            "machine_cpu": after["machine_cpu"] - before["machine_cpu"],
+            "sent": sent,
+            "latency_p50": latencies[len(latencies) // 2] if latencies else None,
+            "latency_p99": latencies[int(len(latencies) * 0.99)] if latencies else None,
             "closed": sum(m.close_code is not None for m in members),
             "error_frames": self.counters.errors,
             "last_error": self.counters.last_error,
@@ -280,7 +342,7 @@ class Agent:
 
         def on_message(member: Member, head: bytes) -> None:
             nonlocal arrived, last
-            if head == probe[:TAG_SIZE]:
+            if head[:TAG_SIZE] == probe[:TAG_SIZE]:
                 arrived += 1
                 last = time.perf_counter()
                 if arrived == len(members):
@@ -339,6 +401,7 @@ async def serve_commands() -> None:
     ops = {
         "open": agent.open,
         "loop": agent.loop,
+        "paced": agent.paced,
         "latency": agent.latency,
         "close": agent.close,
         "closes": agent.closes,

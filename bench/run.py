@@ -26,6 +26,7 @@ import json
 import os
 import resource
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -154,6 +155,23 @@ async def run_all(
             rounds[target.key].append(record)
             print(
                 f"round {round_ + 1}/{runs} {target.label}: {time.perf_counter() - start:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    # The fixed load comes from (b)'s saturated capacity, measured above.
+    capacity = statistics.median(r["fanout"]["deliveries_per_s"] for r in rounds[BASELINE])
+    rate = settings.paced_share * capacity / settings.fanout_clients
+    for round_ in range(runs):
+        for target in chosen:
+            start = time.perf_counter()
+            if time.monotonic() > patient_until:
+                quiet_wait = 0
+            await asyncio.to_thread(wait_for_quiet, quiet_wait)
+            log = logs / f"{target.key}-paced-{round_}.log"
+            rounds[target.key][round_]["paced"] = await scenarios.paced(target, settings, rate, log)
+            print(
+                f"paced round {round_ + 1}/{runs} {target.label}: "
+                f"{time.perf_counter() - start:.1f} s",
                 file=sys.stderr,
                 flush=True,
             )

@@ -19,7 +19,7 @@ from typing import Any
 from procs import ClientProcess, ServerProcess, redis_server, rss_kib, started_client
 from targets import Target
 
-__all__ = ["Settings", "measure"]
+__all__ = ["Settings", "measure", "paced"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Settings:
     idle_counts: tuple[int, ...] = (2000, 10000)
     settle: float = 1.0
     shutdown_timeout: float = 30.0
+    #: The fixed load, as a share of (b)'s saturated fan-out deliveries per second.
+    paced_share: float = 0.5
     #: Rooms, and messages sent to each, for Redis's memory (redis_memory.py); 0: skipped.
     redis_rooms: int = 1000
     redis_messages: int = 1000
@@ -132,6 +134,44 @@ async def closed_loop(
         "server_busy": answer["server_cpu"] / answer["elapsed"],
         "deflate": deflated == count,
         # CPU the rest of the machine used meanwhile: another job sharing it.
+        "others_busy": max(
+            0.0,
+            (answer["machine_cpu"] - answer["server_cpu"] - answer["client_cpu"])
+            / answer["elapsed"],
+        ),
+    }
+
+
+async def paced(target: Target, settings: Settings, rate: float, log: Path) -> dict[str, float]:
+    """The fan-out room at a fixed ``rate`` of messages per second, in a fresh
+    server process: server CPU per delivery and each delivery's latency."""
+    server = ServerProcess(target.argv, target.env, target.cwd, log)
+    try:
+        await server.wait_healthy()
+        async with started_client() as client:
+            count = settings.fanout_clients
+            await open_group(client, server, "paced", "/ws/paced", count, rooms=1)
+            answer = await client.request(
+                "paced",
+                limit=settings.warmup + settings.seconds + 60,
+                group="paced",
+                rate=rate,
+                seconds=settings.seconds,
+                warmup=settings.warmup,
+                server_pid=server.pid,
+            )
+            await client.request("close", limit=30, group="paced")
+    finally:
+        server.kill()
+    if answer["closed"] or not answer["deliveries"] or answer["error_frames"]:
+        raise RuntimeError(f"paced load refused or closed: {answer}\n" + server.log_tail())
+    return {
+        "rate": rate,
+        "cpu_us": answer["server_cpu"] / answer["deliveries"] * 1e6,
+        "deliveries_per_s": answer["deliveries"] / answer["elapsed"],
+        "server_busy": answer["server_cpu"] / answer["elapsed"],
+        "p50_ms": answer["latency_p50"] * 1000,
+        "p99_ms": answer["latency_p99"] * 1000,
         "others_busy": max(
             0.0,
             (answer["machine_cpu"] - answer["server_cpu"] - answer["client_cpu"])
