@@ -4,8 +4,8 @@ on every Python the template offers that this machine has.
 `.ci/run`'s `python3` is 3.11, the oldest offered: test_developer_tooling
 runs the generated suite on it (the workflow's Test step, with and without
 Redis), and under CI=true any other interpreter fails here. The other
-versions run the suite here, with a renamed package; they are looked for on
-PATH (`python3.12`) and under pyenv; one that is missing is reported as a
+versions run the suite here, with a renamed package; they are looked for
+under pyenv, then on PATH (`python3.12`); one that is missing is reported as a
 skip with the reason, even in CI: a fresh machine may lack it. No 3.14 is
 installed on the machines this template is tested on, and none can be
 installed from the package registries they reach.
@@ -35,12 +35,12 @@ def running_version() -> str:
 
 
 def find_python(version: str) -> str | None:
-    """An interpreter of ``version`` (X.Y): this one, on PATH, or pyenv's newest."""
+    """An interpreter of ``version`` (X.Y): this one, pyenv's newest, or on PATH.
+
+    pyenv's shims on PATH are skipped: one runs only a version pyenv selects.
+    """
     if version == running_version():
         return sys.executable
-    found = shutil.which(f"python{version}")
-    if found is not None:
-        return found
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     patch = re.compile(rf"{re.escape(version)}\.(\d+)")
     releases = [
@@ -48,9 +48,12 @@ def find_python(version: str) -> str | None:
         for path in (pyenv_root / "versions").glob(f"{version}.*")
         if (match := patch.fullmatch(path.name)) and (path / "bin" / "python").exists()
     ]
-    if not releases:
+    if releases:
+        return str(max(releases)[1] / "bin" / "python")
+    found = shutil.which(f"python{version}")
+    if found is None or "shims" in Path(found).parts:
         return None
-    return str(max(releases)[1] / "bin" / "python")
+    return found
 
 
 def test_the_oldest_offered_python_is_the_one_ci_runs_on() -> None:
