@@ -56,6 +56,10 @@ MAX_ID_PART = 2**64 - 1
 MESSAGE_PREFIX = '{"type":"message","id":"'
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: One JSON string, as ``_encode`` writes it (the C accelerator's function):
+#: the two frames of every message are put together from these, a fifth of
+#: the receive path's CPU when the encoder built a dict for each.
+_string = json.encoder.encode_basestring
 
 
 class FrameError(Exception):
@@ -138,7 +142,8 @@ def parse(frame: str, *, max_text_length: int) -> Send | Auth:
 def message_tail(room: str, sender: dict[str, str] | None, text: str) -> str:
     """Everything of a message frame after its id: it is stored this way, and
     the id is added where the message is stored (see :func:`message_frame`)."""
-    return _encode({"room": room, "from": sender, "text": text})[1:]
+    author = "null" if sender is None else _encode(sender)
+    return f'"room":{_string(room)},"from":{author},"text":{_string(text)}}}'
 
 
 def message_frame(message_id: str, tail: str) -> str:
@@ -166,7 +171,9 @@ def joined_frame(room: str, recovered: bool | None, last_id: str | None) -> str:
 
 
 def ack_frame(client_id: str | None, message_id: str) -> str:
-    return _encode({"type": "ack", "client_id": client_id, "id": message_id})
+    """``{"type":"ack","client_id":...,"id":...}``."""
+    client = "null" if client_id is None else _string(client_id)
+    return '{"type":"ack","client_id":' + client + ',"id":' + _string(message_id) + "}"
 
 
 def error_frame(error: FrameError) -> str:
