@@ -35,37 +35,67 @@ from .auth import Identity
 from .fanout import FanoutConnection
 from .limits import TokenBucket
 
-__all__ = ["Connection", "factory"]
+__all__ = ["Connection", "OnText", "factory"]
+
+#: What takes a complete text message: (connection, room, text).
+OnText = Callable[["Connection", str, str], None]
 
 logger = logging.getLogger(__name__)
+
+
+class AppState:
+    """What the app keeps on a connection, in one object.
+
+    CPython shares one table of attribute names among the instances of a
+    class, up to 30 names; websockets' connection has 27, and one attribute
+    past 30 would give every connection a dictionary of its own, about
+    1.6 KiB more per idle connection (measured). So the app adds one.
+    """
+
+    __slots__ = ("bucket", "failing", "identity", "on_text", "over_rate", "room")
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        self.identity: Identity | None = None
+        self.on_text: OnText | None = None
+        self.room = ""
+        self.over_rate = False
+        self.failing: asyncio.Future[None] | None = None
 
 
 class Connection(FanoutConnection):
     """A server connection with the app's limits and metrics."""
 
-    #: Who the client is; None until a token says so, or with no auth.
-    identity: Identity | None = None
-    #: Set by the hub once the connection is live: takes each complete text
-    #: message as soon as it is parsed, in :meth:`process_event`.
-    on_text: Callable[[str], None] | None = None
-    #: True while the handler processes a message it received with recv():
-    #: a message arriving meanwhile must wait its turn behind it.
-    receiving = False
-    #: A message the fast path refused past the rate limit: recv() fails.
-    over_rate = False
-
     def __init__(self, *args: Any, message_rate: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bucket = TokenBucket(message_rate, burst=max(1.0, 2 * message_rate))
+        bucket = TokenBucket(message_rate, burst=max(1.0, 2 * message_rate))
+        self.app = AppState(bucket)
+
+    @property
+    def identity(self) -> Identity | None:
+        """Who the client is; None until a token says so, or with no auth."""
+        return self.app.identity
+
+    @identity.setter
+    def identity(self, identity: Identity | None) -> None:
+        self.app.identity = identity
+
+    def receive_with(self, on_text: OnText | None, room: str = "") -> None:
+        """Have ``on_text(connection, room, text)`` take each complete text
+        message as soon as it is parsed (see :meth:`process_event`); None
+        stops it. The hub sets it while the connection is live and nothing
+        else is being handled: one callable for every connection."""
+        self.app.on_text, self.app.room = on_text, room
 
     def process_event(self, event: Event) -> None:
-        """Hand a complete text message to :attr:`on_text` at once.
+        """Hand a complete text message to the hub at once.
 
         The library queues each frame for ``recv()``, which wakes the
         handler's task once per message: a task switch and a few object
         allocations that cost more than the rest of a chat message's
         handling. A complete text frame that nothing is queued ahead of goes
-        straight to :attr:`on_text` instead, still inside ``data_received``.
+        straight to the hub instead (:meth:`receive_with`), still inside
+        ``data_received``.
         The library's guarantees hold, as the Sans-I/O protocol has already
         checked the frame: ``max_size`` (1009), control frames and the
         closing handshake, and a text frame cannot arrive in the middle of a
@@ -75,19 +105,20 @@ class Connection(FanoutConnection):
         * UTF-8: ``bytes.decode()`` is as strict as the library's decoder;
           invalid data is queued, and ``recv()`` fails it with 1007;
         * fragmented messages, binary ones, and any message while others
-          are queued or being handled, are queued, so order holds;
+          are queued or being handled (the hub stops :meth:`receive_with`
+          meanwhile), are queued, so order holds;
         * the rate limit: a message past it is queued, and :meth:`recv`
           fails the connection with 1008;
         * backpressure: messages are handled as they are parsed, so none
           pile up; replies go through the same write buffer and
           :meth:`pause_writing`.
         """
-        on_text = self.on_text
+        app = self.app
+        on_text = app.on_text
         if (
             on_text is not None
             and event.opcode is Opcode.TEXT
             and event.fin  # type: ignore[attr-defined]
-            and not self.receiving
             and not self.recv_messages.frames
         ):
             try:
@@ -95,24 +126,24 @@ class Connection(FanoutConnection):
             except UnicodeDecodeError:
                 pass
             else:
-                if self.bucket.allow():
+                if app.bucket.allow():
                     try:
-                        on_text(text)
+                        on_text(self, app.room, text)
                     except Exception:
                         # As the library does for a handler that raises.
                         self.logger.error("connection handler failed", exc_info=True)
-                        self.on_text = None
-                        self._failing = asyncio.ensure_future(
+                        app.on_text = None
+                        app.failing = asyncio.ensure_future(
                             self.close(CloseCode.INTERNAL_ERROR)
                         )
                     return
-                self.over_rate = True
+                app.over_rate = True
         super().process_event(event)
 
     async def recv(self, decode: bool | None = None) -> Data:  # type: ignore[override]
         """Receive a message; close the client with 1008 past its rate."""
         message = await super().recv(decode)
-        if self.over_rate or not self.bucket.allow():
+        if self.app.over_rate or not self.app.bucket.allow():
             # Fail the connection, as recv() does on invalid UTF-8: send 1008
             # and hang up without waiting for an answer, which could be stuck
             # behind the messages the client keeps sending. Then raise

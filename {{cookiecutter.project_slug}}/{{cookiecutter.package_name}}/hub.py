@@ -28,7 +28,6 @@ so that they reconnect with ``since`` and learn it from ``recovered``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
@@ -121,6 +120,8 @@ class Hub:
         self._closing: set[asyncio.Future[object]] = set()
         #: Rooms just caught up: live messages up to this one were replayed.
         self.caught_up_to: dict[str, tuple[str, int, int] | None] = {}
+        #: One bound method for every connection's fast path.
+        self._receive_now = self.receive_now
         broker.subscribe(self.deliver)
         broker.on_resubscribed(self.catch_up)
 
@@ -149,29 +150,29 @@ class Hub:
                         return
                 expiry = self.close_at_expiry(connection, identity)
             await self.join(connection, room, since_for(connection.request.path))
-            if self.broker.immediate and isinstance(connection, Connection):
+            fast = self.broker.immediate and isinstance(connection, Connection)
+            if fast:
                 # Complete text messages now skip the loop below, which gets
                 # only what the fast path hands back (see connection.py).
-                connection.on_text = functools.partial(
-                    self.receive_now, connection, room
-                )
+                connection.receive_with(self._receive_now, room)  # type: ignore[attr-defined]
             async for frame in connection:
                 if not isinstance(frame, str):
                     await connection.close(CloseCode.UNSUPPORTED_DATA, "text only")
                     break
                 metrics.MESSAGES_RECEIVED.inc()
-                connection.receiving = True  # type: ignore[attr-defined]
-                try:
-                    await self.receive(connection, room, frame)
-                finally:
-                    connection.receiving = False  # type: ignore[attr-defined]
+                if fast:  # what arrives meanwhile waits its turn
+                    connection.receive_with(None)  # type: ignore[attr-defined]
+                await self.receive(connection, room, frame)
+                if fast:
+                    connection.receive_with(self._receive_now, room)  # type: ignore[attr-defined]
         except ConnectionClosedError:
             # The client broke the protocol or vanished. websockets has
             # already closed the connection with the right code; there is
             # nothing to add and no reason to log a traceback.
             pass
         finally:
-            connection.on_text = None  # type: ignore[attr-defined]
+            if isinstance(connection, Connection):
+                connection.receive_with(None)
             if expiry is not None:
                 expiry.cancel()
             self.leave(connection, room)
