@@ -255,8 +255,8 @@ WHY_MISSED = {
     "echo": (
         "both servers run a core flat out, so round trips/s is 1 / CPU per round trip;"
         " about 6.5 µs of each is the kernel (recv, writev, epoll on loopback) and"
-        " 9-10 µs websockets' receive path in Python (frame parser, assembler, task"
-        " wake-up), which uvloop does not touch; our own code adds about 1.5 µs."
+        " several µs websockets' frame parser in Python, which uvloop does not touch"
+        " (the app's fast path already skips the assembler and the task wake-up)."
         " Without deflate, (b) costs nearly what (a) does, so most of (a)'s lead is"
         " (b) paying for compression. 2x would take a frame parser of our own, which"
         " would give up the library's guarantees"
@@ -269,6 +269,45 @@ WHY_MISSED = {
         " handling of a fragmented send"
     ),
 }
+
+
+#: Why an issue-16 target was missed, from the profiles below.
+RECEIVE_WHY = {
+    "fan-out server CPU per delivery at the fixed load": (
+        "below saturation the cost is the kernel's: at the fixed load, 52% of (a)'s"
+        " CPU is system time (/proc/<pid>/stat), and py-spy finds 43% of its samples"
+        " in the event loop itself (epoll, recv) and 37% in the transport writes,"
+        " one send() per member per message, against 7% in the app's receive path."
+        " Every server pays those system calls, so the ratio can only fall with"
+        " fewer of them: holding writes back to coalesce several messages per"
+        " send() would trade latency for CPU, which a chat should not do by"
+        " default"
+    ),
+}
+
+#: py-spy profiles of (a), taken by hand (``py-spy record -r 1000 -f raw``
+#: on the server pinned to CPU 0, a picows load client on CPU 1).
+PROFILE = [
+    "## Where (a)'s time goes (py-spy, 2 December 2026)",
+    "",
+    "Self time, share of the samples, on the server pinned to CPU 0 with a picows"
+    " load client on CPU 1; taken by hand, not by run.py:",
+    "",
+    "- echo, saturated (32 clients alone in their rooms): event loop (epoll, recv:"
+    " uvloop's C code) 19%; `FanoutConnection.write_queued` (the send() calls) 16%;"
+    " `fanout.broadcast` 8%; JSON encoding 6% (before frames were put together from"
+    " JSON strings: since then, gone from the top); `MemoryHistory.store` 5%;"
+    " websockets' `Frame.parse` 5%; `Connection.process_event` (the fast path) 4%;"
+    " `Frame.serialize` 4%; `protocol.parse` 3%; `Hub.receive_now` 3%. The receive"
+    " path from `data_received` to the ack queued is 55% inclusive, of which"
+    " `Hub.receive_now` 37%.",
+    "- fan-out at the fixed load (8 clients, 1,400 messages/s): event loop 43%;"
+    " `write_queued` 37%; `_write_pending` 3%; `Frame.parse` 3%;"
+    " `Connection.data_received` 2%; `MemoryHistory.store` 2%; everything the app"
+    " does on receipt (`Hub.receive_now`, inclusive) 7%. System time is 52% of the"
+    " server's CPU there.",
+    "",
+]
 
 
 def redis_line(rows: dict[str, dict[str, Any]], clients: int) -> list[str]:
@@ -514,6 +553,10 @@ def render(
         lines += ["", "## Issue 16's targets for (a)", ""]
         for goal, met, numbers in receive_path_goals(rows):
             lines.append(f"- {'met' if met else '**missed**'}: {goal} ({numbers})")
+            why = next((text for key, text in RECEIVE_WHY.items() if goal.startswith(key)), None)
+            if not met and why:
+                lines.append(f"  - why: {why}.")
+        lines += ["", *PROFILE]
     lines += [
         "",
         "## Servers",

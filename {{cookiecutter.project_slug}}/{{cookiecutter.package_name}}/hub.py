@@ -1,5 +1,16 @@
 """Rooms: who is in which, joining with resume, and each client's frames.
 
+The receive path, once a connection is live, with the in-memory broker:
+``Connection.process_event`` hands each complete text message to
+:meth:`Hub.receive_now` inside ``data_received`` (see ``connection.py``):
+parse, the user's ``on_message``, store, fan out, ack, with nothing awaited
+and no task woken. What the fast path hands back (fragmented or binary
+messages, invalid UTF-8, a message past the rate limit, anything behind
+another) and everything with Redis, whose publish is awaited, goes through
+``recv()`` and :meth:`Hub.receive`, in order. Both build the message's
+frames once from JSON strings, and ``fanout.broadcast`` serializes the
+frame once for the whole room.
+
 This is plumbing: it speaks the wire protocol (``protocol.py``), stores and
 fans out through the broker, and asks the user's module (``rooms.py``) only
 what the application decides: may this client join this room, and what
