@@ -10,7 +10,9 @@ app's ``start_server()`` calls ``serve()`` with the app's arguments, its
 connection class (``connection.factory``: rate limit, send buffer limit),
 and the connection counter around the handler. The handler sends every
 message back through ``fanout.broadcast()``, the path every frame the app
-sends takes (``hub.py``), text as text and binary as binary.
+sends takes (``hub.py``), text as text and binary as binary; complete text
+messages reach it as they reach the hub, through the connection's fast path
+(``Connection.receive_with``), and the rest through ``recv()``.
 
 The Autobahn fuzzing client connects to ``/``, where the app serves its demo
 page. The caller sets ``SERVE_PAGE=false``, as a user who wants no page does,
@@ -116,11 +118,21 @@ async def serve_echo(app: dict[str, ModuleType], config: Any) -> None:
         # broadcast() for another class: then the suite would not test it.
         if not isinstance(connection, app_connection):
             raise TypeError(f"{type(connection)} is not the app's connection class")
+        # As hub.py does once a connection is live: complete text messages
+        # take the fast path (Connection.process_event), the rest recv().
+        connection.receive_with(echo_now)
         try:
             async for message in connection:
+                connection.receive_with(None)  # as hub.py: the rest waits
                 fanout.broadcast([connection], message)
+                connection.receive_with(echo_now)
         except ConnectionClosedError:
             pass  # the client broke the protocol: as hub.py, no traceback
+        finally:
+            connection.receive_with(None)
+
+    def echo_now(connection: Any, room: str, text: str) -> None:
+        fanout.broadcast([connection], text)
 
     counter = metrics.ConnectionCounter()
     routes = app["routes"].Routes(
