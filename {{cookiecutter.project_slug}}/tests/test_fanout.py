@@ -24,7 +24,11 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 
-from {{ cookiecutter.package_name }} import fanout
+from {{ cookiecutter.package_name }} import connection, fanout
+from {{ cookiecutter.package_name }}.auth import Identity
+from {{ cookiecutter.package_name }}.broker import Broker
+from {{ cookiecutter.package_name }}.hub import Hub
+from {{ cookiecutter.package_name }}.rooms import Chat
 from {{ cookiecutter.package_name }}.server import event_loop_factory
 
 from conftest import App
@@ -313,6 +317,41 @@ def test_invalid_utf8_in_a_whole_text_message_closes_with_1007(app: App) -> None
         sock.sendall(frame(0x1, b'{"type":"message","text":"\xff"}'))
         opcode, payload = read_frame(sock)
         assert (opcode, int.from_bytes(payload[:2])) == (0x8, 1007)
+
+
+class FailingChat(Chat):
+    """A room whose message hook has a bug."""
+
+    def on_message(self, identity: Identity | None, room: str, text: str) -> str | None:
+        raise RuntimeError("a bug in on_message")
+
+
+def test_a_message_hook_that_raises_closes_with_1011_and_logs_it_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = Hub(Broker(), FailingChat(), max_text_length=100)
+
+    async def main() -> int | None:
+        async with serve(
+            hub.handler,
+            "127.0.0.1",
+            0,
+            create_connection=connection.factory(100.0),
+            compression=None,
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with async_connect(f"ws://127.0.0.1:{port}/ws/buggy") as client:
+                assert json.loads(await client.recv())["type"] == "joined"
+                await client.send(json.dumps({"type": "message", "text": "boom"}))
+                with pytest.raises(ConnectionClosedError):
+                    await asyncio.wait_for(client.recv(), timeout=5)
+                return client.close_code
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(main()) == 1011
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in failures] == ["connection handler failed"]
+    assert "a bug in on_message" in str(failures[0].exc_info[1])
 
 
 @contextlib.contextmanager
