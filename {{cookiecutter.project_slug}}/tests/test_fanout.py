@@ -319,19 +319,21 @@ def test_invalid_utf8_in_a_whole_text_message_closes_with_1007(app: App) -> None
         assert (opcode, int.from_bytes(payload[:2])) == (0x8, 1007)
 
 
-class FailingChat(Chat):
-    """A room whose message hook has a bug."""
+class FailingOnBoom(Chat):
+    """A room whose message hook has a bug: it raises on "boom"."""
 
     def on_message(self, identity: Identity | None, room: str, text: str) -> str | None:
-        raise RuntimeError("a bug in on_message")
+        if text.startswith("boom"):
+            raise RuntimeError("a bug in on_message")
+        return text
 
 
-def test_a_message_hook_that_raises_closes_with_1011_and_logs_it_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    hub = Hub(Broker(), FailingChat(), max_text_length=100)
+def serve_hub(chat: Chat, client: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """Serve a hub with ``chat`` in this process, as server.py does, and run
+    ``client(port)`` against it."""
+    hub = Hub(Broker(), chat, max_text_length=100)
 
-    async def main() -> int | None:
+    async def main() -> None:
         async with serve(
             hub.handler,
             "127.0.0.1",
@@ -340,18 +342,64 @@ def test_a_message_hook_that_raises_closes_with_1011_and_logs_it_once(
             compression=None,
         ) as server:
             port = server.sockets[0].getsockname()[1]
-            async with async_connect(f"ws://127.0.0.1:{port}/ws/buggy") as client:
-                assert json.loads(await client.recv())["type"] == "joined"
-                await client.send(json.dumps({"type": "message", "text": "boom"}))
-                with pytest.raises(ConnectionClosedError):
-                    await asyncio.wait_for(client.recv(), timeout=5)
-                return client.close_code
+            await asyncio.wait_for(client(port), timeout=10)
+
+    asyncio.run(main())
+
+
+async def texts_heard(websocket: Any, seconds: float) -> list[str]:
+    """The texts of the message frames ``websocket`` gets within ``seconds``."""
+    texts: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for frame in websocket:
+                answer = json.loads(frame)
+                if answer["type"] == "message":
+                    texts.append(answer["text"])
+    return texts
+
+
+def test_a_message_hook_that_raises_closes_with_1011_and_nothing_after_is_published(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    codes: list[int | None] = []
+    heard: list[str] = []
+
+    async def client(port: int) -> None:
+        url = f"ws://127.0.0.1:{port}/ws/buggy"
+        async with async_connect(url) as listener, async_connect(url) as sender:
+            for websocket in (listener, sender):
+                assert json.loads(await websocket.recv())["type"] == "joined"
+            # In one write: the failing one, one behind it, another failing.
+            sender.protocol.send_text(b'{"type":"message","text":"boom 1"}')
+            sender.protocol.send_text(b'{"type":"message","text":"after it"}')
+            sender.protocol.send_text(b'{"type":"message","text":"boom 2"}')
+            sender.send_data()
+            with pytest.raises(ConnectionClosedError):
+                await asyncio.wait_for(sender.recv(), timeout=5)
+            codes.append(sender.close_code)
+            heard.extend(await texts_heard(listener, 0.5))
 
     with caplog.at_level(logging.ERROR):
-        assert asyncio.run(main()) == 1011
+        serve_hub(FailingOnBoom(), client)
+    assert codes == [1011]
+    assert heard == []
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in failures] == ["connection handler failed"]
     assert "a bug in on_message" in str(failures[0].exc_info[1])
+
+
+def test_nothing_sent_after_a_binary_message_is_published(app: App) -> None:
+    listening = app.client("/ws/text-only")
+    with listening as listener, raw_websocket(app.port, "/ws/text-only") as sender:
+        assert json.loads(read_frame(sender)[1])["type"] == "joined"
+        sender.sendall(frame(0x2, b"binary"))
+        opcode, payload = read_frame(sender)
+        assert (opcode, int.from_bytes(payload[:2])) == (0x8, 1003)
+        # The server waits for our close frame: a text arrives meanwhile.
+        sender.sendall(frame(0x1, b'{"type":"message","text":"too late"}'))
+        with pytest.raises(TimeoutError):
+            listener.hear_text(timeout=0.5)
 
 
 @contextlib.contextmanager

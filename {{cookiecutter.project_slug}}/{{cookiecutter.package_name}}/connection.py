@@ -143,6 +143,12 @@ class Connection(FanoutConnection):
     async def recv(self, decode: bool | None = None) -> Data:  # type: ignore[override]
         """Receive a message; close the client with 1008 past its rate."""
         message = await super().recv(decode)
+        if self.app.failing is not None:
+            # The fast path's handler raised and the connection is closing
+            # with 1011: as after the library's handler, nothing more is
+            # handled, not even what was queued behind.
+            await asyncio.shield(self.connection_lost_waiter)
+            raise self.close_exc
         if self.app.over_rate or not self.app.bucket.allow():
             # Fail the connection, as recv() does on invalid UTF-8: send 1008
             # and hang up without waiting for an answer, which could be stuck

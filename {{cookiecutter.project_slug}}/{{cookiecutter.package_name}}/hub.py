@@ -167,12 +167,12 @@ class Hub:
                 # only what the fast path hands back (see connection.py).
                 connection.receive_with(self._receive_now, room)  # type: ignore[attr-defined]
             async for frame in connection:
+                if fast:  # what arrives meanwhile waits its turn
+                    connection.receive_with(None)  # type: ignore[attr-defined]
                 if not isinstance(frame, str):
                     await connection.close(CloseCode.UNSUPPORTED_DATA, "text only")
                     break
                 metrics.MESSAGES_RECEIVED.inc()
-                if fast:  # what arrives meanwhile waits its turn
-                    connection.receive_with(None)  # type: ignore[attr-defined]
                 await self.receive(connection, room, frame)
                 if fast:
                     connection.receive_with(self._receive_now, room)  # type: ignore[attr-defined]
