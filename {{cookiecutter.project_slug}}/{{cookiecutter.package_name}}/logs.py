@@ -73,14 +73,10 @@ def configuration_error(message: str, log_format: str) -> str:
     line = f"configuration error: {message}"
     if log_format != "json":
         return line
-    return _dumps(
-        {
-            "time": _timestamp(datetime.datetime.now(datetime.UTC).timestamp()),
-            "level": "CRITICAL",
-            "logger": __package__,
-            "message": line,
-        }
+    record = logging.LogRecord(
+        __package__, logging.CRITICAL, __file__, 0, line, None, None
     )
+    return JsonFormatter().format(record)
 
 
 class JsonFormatter(logging.Formatter):
