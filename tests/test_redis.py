@@ -380,27 +380,38 @@ def test_closes_are_summed_by_code_across_workers(workers: Started) -> None:
             assert samples[("websocket_connections_open", ())] == 0
 
 
+def kill_worker(parent: Started, worker_id: str) -> int:
+    """SIGKILL a worker; return its pid once the parent says it restarts it."""
+    victim = worker_pid(parent, worker_id)
+    os.kill(victim, signal.SIGKILL)
+    parent.wait_for(lambda: "exited with -9: starting it again" in parent.log, "restart")
+    return victim
+
+
+def wait_replaced(parent: Started, victim: int) -> None:
+    """Wait until a new worker stands in for ``victim`` and its broker is connected."""
+    parent.wait_for(
+        lambda: (
+            victim not in child_pids(parent.process.pid)
+            and len(child_pids(parent.process.pid)) == 2
+        ),
+        "a new worker",
+    )
+    parent.wait_for(lambda: parent.log.count("broker connected") == 3, "its broker")
+
+
 def test_a_worker_killed_once_serving_is_started_again_and_the_others_go_on(
     workers: Started,
 ) -> None:
     time.sleep(MIN_UPTIME)
     with contextlib.ExitStack() as stack:
         clients = one_client_per_worker(workers, stack)
-        victim = worker_pid(workers, "1")
-        os.kill(victim, signal.SIGKILL)
-        workers.wait_for(lambda: "exited with -9: starting it again" in workers.log, "restart")
+        victim = kill_worker(workers, "1")
         with pytest.raises(ConnectionClosed):
             clients["1"].recv(timeout=10)
         clients["2"].send(chat_frame("still here"))
         assert hear(clients["2"]) == "still here"
-        workers.wait_for(
-            lambda: (
-                victim not in child_pids(workers.process.pid)
-                and len(child_pids(workers.process.pid)) == 2
-            ),
-            "a new worker",
-        )
-        workers.wait_for(lambda: workers.log.count("broker connected") == 3, "its broker")
+        wait_replaced(workers, victim)
     assert workers.process.poll() is None
 
 
@@ -413,10 +424,7 @@ def test_a_restarted_workers_counters_are_kept_and_its_gauges_dropped(
         on_first = sum(worker_of(client) == "1" for client in clients)
         assert 0 < on_first < 10
         time.sleep(PUBLISHED_WITHIN)
-        os.kill(worker_pid(workers, "1"), signal.SIGKILL)
-        workers.wait_for(lambda: "exited with -9: starting it again" in workers.log, "restart")
-        workers.wait_for(lambda: len(child_pids(workers.process.pid)) == 2, "a new worker")
-        workers.wait_for(lambda: workers.log.count("broker connected") == 3, "its broker")
+        wait_replaced(workers, kill_worker(workers, "1"))
         time.sleep(PUBLISHED_WITHIN)
         for answers in scrapes_from_each_worker(workers).values():
             for samples in answers:
