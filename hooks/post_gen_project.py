@@ -14,9 +14,12 @@ ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 #: The image that Fly.io, Railway, Koyeb and Kubernetes all build.
 CONTAINER_IMAGE = ["Dockerfile", ".dockerignore"]
 
-#: Each option and the files that exist for it. A file listed under several
-#: options stays when any of them is selected.
+#: Each option and the files that exist for it: a yes/no option by its name,
+#: a choice as "name=value". A file listed under several options stays when
+#: any of them is selected.
 OWNED_FILES: dict[str, list[str]] = {
+    "package_manager=pip": ["requirements.txt", "requirements-dev.txt"],
+    "package_manager=uv": ["uv.lock"],
     "deploy_heroku": ["app.json"],
     "deploy_fly": ["fly.toml", *CONTAINER_IMAGE],
     "deploy_render": ["render.yaml"],
@@ -32,9 +35,14 @@ OWNED_FILES: dict[str, list[str]] = {
 }
 
 
+def is_selected(option: str) -> bool:
+    name, is_choice, value = option.partition("=")
+    return ANSWERS[name] == value if is_choice else ANSWERS[name] is True
+
+
 def remove_unselected(project: Path) -> None:
     selected = {
-        path for option, paths in OWNED_FILES.items() if ANSWERS[option] is True for path in paths
+        path for option, paths in OWNED_FILES.items() if is_selected(option) for path in paths
     }
     owned = {path for paths in OWNED_FILES.values() for path in paths}
     for path in owned - selected:
@@ -45,16 +53,28 @@ def remove_unselected(project: Path) -> None:
 
 NEXT_STEPS = """
 Created {slug}/. Next steps:
+{commands}
+README.md explains how to deploy it.
+"""
 
+#: The first commands to run, by package manager.
+FIRST_COMMANDS = {
+    "pip": """
     cd {slug}
     python3 -m venv .venv && . .venv/bin/activate
     pip install -r requirements-dev.txt
     honcho start          # then open http://localhost:5000/healthz
     pytest                # the project's own tests
-
-README.md explains how to deploy it.
-"""
+""",
+    "uv": """
+    cd {slug}
+    uv run honcho start   # then open http://localhost:5000/healthz
+    uv run pytest         # the project's own tests
+""",
+}
 
 if __name__ == "__main__":
     remove_unselected(Path.cwd())
-    print(NEXT_STEPS.format(slug=ANSWERS["project_slug"]))
+    slug = ANSWERS["project_slug"]
+    commands = FIRST_COMMANDS[str(ANSWERS["package_manager"])].format(slug=slug)
+    print(NEXT_STEPS.format(slug=slug, commands=commands))

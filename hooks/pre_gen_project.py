@@ -24,6 +24,8 @@ DEPENDENCIES = frozenset(
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13", "3.14")
 
+PACKAGE_MANAGERS = ("pip", "uv")
+
 # Region codes Fly.io has published; `fly platform regions` lists the live ones.
 # fmt: off
 FLY_REGIONS = (
@@ -82,6 +84,9 @@ RULES: dict[str, list[tuple[str, Callable[[object], bool]]]] = {
     "description": [("be one line of 1-200 printable characters", one_line(200))],
     "author_name": [("be one line of 1-100 printable characters", one_line(100))],
     "python_version": [(f"be one of {', '.join(PYTHON_VERSIONS)}", lambda v: v in PYTHON_VERSIONS)],
+    "package_manager": [
+        (f"be one of {', '.join(PACKAGE_MANAGERS)}", lambda v: v in PACKAGE_MANAGERS)
+    ],
     "deploy_heroku": [("be true or false", lambda v: isinstance(v, bool))],
     "deploy_fly": [("be true or false", lambda v: isinstance(v, bool))],
     "deploy_render": [("be true or false", lambda v: isinstance(v, bool))],
