@@ -113,6 +113,59 @@ def app_environment(**extra: str) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="session")
+def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """uv's cache for this session: empty at first, so the first sync downloads."""
+    return tmp_path_factory.mktemp("uv-cache")
+
+
+def uv_environment(cache: Path, **extra: str) -> dict[str, str]:
+    """A baked app's environment for uv: this interpreter, never a download.
+
+    A baked project's .python-version names the platforms' Python (3.14 by
+    default), which this machine may lack; uv would download it.
+    """
+    require_tool("uv")
+    defaults = {
+        "UV_CACHE_DIR": str(cache),
+        "UV_PYTHON": sys.executable,
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_PROGRESS": "1",
+    }
+    environment = app_environment(**(defaults | extra))
+    environment.pop("VIRTUAL_ENV", None)  # the tests' own venv, not the project's
+    return environment
+
+
+def with_virtualenv(environment: dict[str, str], venv: Path) -> dict[str, str]:
+    """``environment`` with ``venv`` as uv's project environment, first on PATH.
+
+    The tests' own interpreter leaves PATH (uv stays, alone in a directory of
+    its own): the app finds only what the build installed into ``venv``.
+    """
+    tools = venv.parent / f"{venv.name}-tools"
+    tools.mkdir(exist_ok=True)
+    if not (tools / "uv").exists():
+        (tools / "uv").symlink_to(require_tool("uv"))
+    ours = str(Path(sys.executable).parent)
+    rest = [entry for entry in environment["PATH"].split(os.pathsep) if entry != ours]
+    return {
+        **environment,
+        "UV_PROJECT_ENVIRONMENT": str(venv),
+        "PATH": os.pathsep.join([str(venv / "bin"), str(tools), *rest]),
+    }
+
+
+def run_build(commands: list[str], project: Path, environment: dict[str, str]) -> None:
+    """Run a platform's build commands in ``project``, failing with their output."""
+    for command in commands:
+        result = subprocess.run(
+            ["bash", "-e", "-c", command], cwd=project, env=environment,
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{command}:\n{result.stdout}{result.stderr}"
+
+
 # --- Wire protocol v1, as a client speaks it (PROTOCOL.md in a baked project) ---
 
 

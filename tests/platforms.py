@@ -26,6 +26,11 @@ HEROKU_GRACE_SECONDS = 30  # SIGKILL 30 s after SIGTERM
 HEROKU_WEB_CONCURRENCY = "2"  # what Heroku sets on Basic and Standard-1X dynos
 RENDER_DEFAULT_PORT = 10000
 RENDER_DEFAULT_SHUTDOWN_DELAY = 30
+#: How Heroku's buildpack installs each package-manager file (no file says so).
+HEROKU_INSTALL = {
+    "requirements.txt": "pip install -r requirements.txt",
+    "uv.lock": "uv sync --locked --no-default-groups",
+}
 
 
 @dataclasses.dataclass
@@ -37,6 +42,7 @@ class Launch:
     kill_signal: signal.Signals
     grace_seconds: float
     signal_every_process: bool  # Heroku signals every process of the dyno
+    build: list[str]  # shell commands, in the project, before the start
 
     @property
     def port(self) -> int:
@@ -46,7 +52,9 @@ class Launch:
 @dataclasses.dataclass
 class Dockerfile:
     base_image: str
-    env: dict[str, str]
+    env: dict[str, str]  # PATH aside: see path
+    path: list[str]  # what ENV PATH puts before the base image's $PATH
+    workdir: str
     user: str | None
     cmd: Any  # a list for exec form, a string for shell form
     instructions: list[tuple[str, str]]
@@ -65,13 +73,29 @@ def read_dockerfile(path: Path) -> Dockerfile:
     for keyword, rest in instructions:
         if keyword == "ENV":
             env.update(item.split("=", 1) for item in shlex.split(rest))
+    path = env.pop("PATH", "$PATH").split(":")
+    assert path[-1] == "$PATH", "ENV PATH extends the base image's PATH"
     last = {keyword: rest for keyword, rest in instructions}
     cmd_text = last.get("CMD", "")
     try:
         cmd = json.loads(cmd_text)
     except json.JSONDecodeError:
         cmd = cmd_text
-    return Dockerfile(last["FROM"], env, last.get("USER"), cmd, instructions)
+    return Dockerfile(
+        last["FROM"], env, path[:-1], last["WORKDIR"], last.get("USER"), cmd, instructions
+    )
+
+
+def image_build(image: Dockerfile) -> list[str]:
+    """The RUN lines that install the app's dependencies with uv.
+
+    pip's image installs into the base image's Python, which the tests stand
+    in for with their own interpreter; uv's installs into a virtualenv,
+    which the tests make with the same command.
+    """
+    return [
+        rest for keyword, rest in image.instructions if keyword == "RUN" and rest.startswith("uv ")
+    ]
 
 
 def seconds(duration: int | str) -> float:
@@ -112,6 +136,15 @@ def generated() -> str:
     return secrets.token_hex(32)
 
 
+def package_manager_file(project: Path) -> str:
+    (name,) = [name for name in HEROKU_INSTALL if (project / name).exists()]
+    return name
+
+
+def uses_uv(project: Path) -> bool:
+    return package_manager_file(project) == "uv.lock"
+
+
 def heroku(project: Path, port: int) -> Launch:
     config_vars = {
         name: generated() if spec.get("generator") == "secret" else spec["value"]
@@ -125,6 +158,7 @@ def heroku(project: Path, port: int) -> Launch:
         kill_signal=signal.SIGTERM,
         grace_seconds=HEROKU_GRACE_SECONDS,
         signal_every_process=True,
+        build=[HEROKU_INSTALL["uv.lock"]] if uses_uv(project) else [],
     )
 
 
@@ -143,6 +177,7 @@ def fly(project: Path, port: int | None = None) -> Launch:
         kill_signal=signal.Signals[config["kill_signal"]],
         grace_seconds=seconds(config["kill_timeout"]),
         signal_every_process=False,
+        build=image_build(image),
     )
 
 
@@ -160,6 +195,7 @@ def render(project: Path, port: int | None = None) -> Launch:
         kill_signal=signal.SIGTERM,
         grace_seconds=service.get("maxShutdownDelaySeconds", RENDER_DEFAULT_SHUTDOWN_DELAY),
         signal_every_process=False,
+        build=[service["buildCommand"]] if uses_uv(project) else [],
     )
 
 
@@ -179,6 +215,7 @@ def railway(project: Path, port: int) -> Launch:
         kill_signal=signal.SIGTERM,
         grace_seconds=config["deploy"]["drainingSeconds"],
         signal_every_process=False,
+        build=image_build(image),
     )
 
 
@@ -223,6 +260,7 @@ def kubernetes(project: Path, port: int | None = None) -> Launch:
         kill_signal=signal.SIGTERM,
         grace_seconds=pod["terminationGracePeriodSeconds"] - pre_stop,
         signal_every_process=False,
+        build=image_build(image),
     )
 
 
@@ -259,4 +297,5 @@ def koyeb(project: Path, port: int | None = None) -> Launch:
         kill_signal=signal.SIGTERM,
         grace_seconds=float(env["SHUTDOWN_TIMEOUT"]) + 5,
         signal_every_process=False,
+        build=image_build(image),
     )

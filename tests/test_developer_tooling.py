@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import TEMPLATE, app_environment, package_of, require_tool
+from conftest import TEMPLATE, app_environment, package_of, require_tool, uv_environment
 
 WORKFLOW = ".github/workflows/ci.yml"
 
@@ -117,32 +117,80 @@ def test_the_workflow_installs_what_the_readme_says(default_project: Path) -> No
     assert "pip install -r requirements-dev.txt" in readme
 
 
-@pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "no-redis"])
-def test_the_workflows_lint_and_test_commands_pass_in_the_baked_project(
-    bake: Callable[..., Path], tmp_path: Path, use_redis: bool
+def workflow_environment(project: Path, job: str, uv_cache: Path) -> dict[str, str]:
+    """What the job's steps see: CI=true, the workflow's and the job's env.
+
+    The matrix's Python is this one; uv's cache is the session's.
+    """
+    config = workflow(project)
+    declared = {**config.get("env", {}), **config["jobs"][job].get("env", {})}
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    declared = {
+        name: str(value).replace("${{ matrix.python-version }}", version)
+        for name, value in declared.items()
+    }
+    if (project / "uv.lock").exists():
+        return uv_environment(uv_cache, CI="true", **declared) | declared
+    return app_environment(CI="true", **declared)
+
+
+#: The steps the tests leave to .ci/run: it installs redis-server and uv
+#: (the same pin, test_the_workflow_installs_the_uv_the_tests_run) itself.
+STEPS_RUN_BY_CI = {"Install redis-server", "Install uv"}
+
+
+@pytest.mark.parametrize(
+    ("manager", "use_redis"), [("pip", False), ("uv", True)], ids=["pip-no-redis", "uv-redis"]
+)
+def test_the_workflows_steps_pass_in_the_baked_project(
+    bake: Callable[..., Path], tmp_path: Path, uv_cache: Path, manager: str, use_redis: bool
 ) -> None:
-    """Run the workflow's own Lint and Test steps, as GitHub would, with CI=true."""
+    """Run each job's own steps, in order, as GitHub would, with CI=true.
+
+    pip's Install step is left out: this interpreter has the same pins.
+    """
     if use_redis:
         require_tool("redis-server")
-    project = copy_project(bake(use_redis=use_redis), tmp_path)
-    for job, name in (("lint", "Lint"), ("test", "Test")):
-        result = subprocess.run(
-            ["bash", "-e", "-c", workflow_steps(project, job)[name]["run"]],
-            cwd=project,
-            env=app_environment(CI="true"),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert result.returncode == 0, f"{name}:\n{result.stdout[-5000:]}{result.stderr[-2000:]}"
-    assert " passed" in result.stdout and "skipped" not in result.stdout
+    project = copy_project(bake(use_redis=use_redis, package_manager=manager), tmp_path)
+    for job in ("lint", "test"):
+        environment = workflow_environment(project, job, uv_cache)
+        for name, step in workflow_steps(project, job).items():
+            if "run" not in step or name in STEPS_RUN_BY_CI:
+                continue
+            if manager == "pip" and name == "Install dependencies":
+                continue
+            result = subprocess.run(
+                ["bash", "-e", "-c", step["run"]], cwd=project, env=environment,
+                capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            output = result.stdout[-5000:] + result.stderr[-2000:]
+            assert result.returncode == 0, f"{job}/{name}:\n{output}"
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "skipped" not in summary
+    if manager == "uv":
+        assert (project / ".venv/bin/pytest").is_file()  # the suite ran from uv's environment
+
+
+def test_the_workflow_installs_the_uv_the_tests_run(bake: Callable[..., Path]) -> None:
+    install = workflow_steps(bake(package_manager="uv"), "test")["Install uv"]["run"]
+    pinned = install.removeprefix("pip install uv==")
+    version = subprocess.run(
+        [require_tool("uv"), "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    assert version == pinned
+    assert f"uv=={pinned}" in (TEMPLATE / "requirements-dev.txt").read_text().splitlines()
 
 
 # --- pre-commit -------------------------------------------------------------
 
 
-def pre_commit(project: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = app_environment(PRE_COMMIT_HOME=str(home))
+def pre_commit(
+    project: Path, home: Path, uv_cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    if uv_cache is None:
+        env = app_environment(PRE_COMMIT_HOME=str(home))
+    else:
+        env = uv_environment(uv_cache, PRE_COMMIT_HOME=str(home))
     return subprocess.run(
         [require_tool("pre-commit"), "run", "--all-files"],
         cwd=project,
@@ -164,6 +212,16 @@ def test_pre_commit_hooks_pass_on_the_baked_project(default_project: Path, tmp_p
     result = pre_commit(project, tmp_path / "pre-commit-home")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("Passed") == 2, result.stdout
+
+
+def test_pre_commit_hooks_pass_on_a_uv_project_through_uv_run(
+    bake: Callable[..., Path], tmp_path: Path, uv_cache: Path
+) -> None:
+    project = git_repository(copy_project(bake(package_manager="uv"), tmp_path))
+    result = pre_commit(project, tmp_path / "pre-commit-home", uv_cache)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Passed") == 2, result.stdout
+    assert (project / ".venv/bin/ruff").is_file()  # the ruff uv.lock pins
 
 
 def test_pre_commit_hooks_catch_a_lint_error_and_a_misformatted_file(

@@ -2,8 +2,8 @@
 on every Python the template offers that this machine has.
 
 `.ci/run`'s `python3` is 3.11, the oldest offered: test_developer_tooling
-runs the generated suite on it (the workflow's Test step, with and without
-Redis), and under CI=true any other interpreter fails here. The other
+runs the generated suite on it (the workflow's steps: a pip project without
+Redis, a uv project with Redis), and under CI=true any other interpreter fails here. The other
 versions run the suite here, with a renamed package; they are looked for
 under pyenv, then on PATH (`python3.12`); one that is missing is reported as a
 skip with the reason, even in CI: a fresh machine may lack it. No 3.14 is

@@ -41,6 +41,7 @@ REFUSED_BY_HOOK = [
 #: Refused by cookiecutter itself before the hook runs.
 REFUSED_BY_COOKIECUTTER = [
     ("python_version", "3.9", "not a listed choice"),
+    ("package_manager", "poetry", "not a listed choice"),
     ("deploy_fly", "maybe", "not a boolean"),
 ]
 
@@ -157,6 +158,19 @@ def everything_project(bake: Callable[..., Path]) -> Path:
     return bake(**dict.fromkeys(OPTION_FILES, True))
 
 
+#: The files each package manager owns, with no other difference between bakes.
+MANAGER_FILES = {"pip": {"requirements.txt", "requirements-dev.txt"}, "uv": {"uv.lock"}}
+
+
+@pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "no-redis"])
+def test_each_package_manager_renders_its_own_files_and_no_others(
+    bake: Callable[..., Path], use_redis: bool
+) -> None:
+    pip, uv = (relative_files(bake(use_redis=use_redis, package_manager=m)) for m in ("pip", "uv"))
+    assert pip - uv == MANAGER_FILES["pip"]
+    assert uv - pip == MANAGER_FILES["uv"]
+
+
 def test_a_directory_left_empty_is_removed_too(bake: Callable[..., Path]) -> None:
     assert "k8s" in relative_directories(everything_project(bake))
     assert "k8s" not in relative_directories(bake(deploy_kubernetes=False))
@@ -169,13 +183,22 @@ def test_the_default_answers_select_the_primary_platforms_only(default_project: 
     assert not {"railway.json", "k8s/deployment.yaml", "k8s/service.yaml"} & files
 
 
+@pytest.mark.parametrize(
+    ("manager", "steps"),
+    [
+        ("pip", ["pip install -r requirements-dev.txt", "honcho start", "pytest"]),
+        ("uv", ["uv run honcho start", "uv run pytest"]),
+    ],
+)
 def test_the_post_gen_hook_prints_next_steps(
-    tmp_path: Path, cli_environment: dict[str, str]
+    tmp_path: Path, cli_environment: dict[str, str], manager: str, steps: list[str]
 ) -> None:
-    result = run_cookiecutter(tmp_path, cli_environment)
+    result = run_cookiecutter(tmp_path, cli_environment, package_manager=manager)
     assert result.returncode == 0, result.stderr
-    assert "cd my-websocket-app" in result.stdout
-    assert "honcho start" in result.stdout
+    commands = [line.split("#")[0].strip() for line in result.stdout.splitlines()]
+    assert "cd my-websocket-app" in commands
+    assert set(steps) <= set(commands), result.stdout
+    assert ("pip install -r requirements-dev.txt" in commands) == (manager == "pip")
     assert [p.name for p in tmp_path.iterdir()] == ["my-websocket-app"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,14 +50,28 @@ def test_no_prompt_asks_for_a_secret() -> None:
 PINNED = r"[A-Za-z0-9_.\-]+(\[[a-z0-9_,\-]+\])?==[0-9][0-9A-Za-z.\-]*( *; *\S.*)?"
 
 
+def declared_dependencies(project: Path) -> list[str]:
+    """Every requirement a project declares, for either package manager."""
+    if (project / "uv.lock").exists():
+        metadata = tomllib.loads((project / "pyproject.toml").read_text())
+        return [*metadata["project"]["dependencies"], *metadata["dependency-groups"]["dev"]]
+    lines = [
+        line.split("#", 1)[0].strip()
+        for requirements in ("requirements.txt", "requirements-dev.txt")
+        for line in (project / requirements).read_text().splitlines()
+    ]
+    return [line for line in lines if line and not line.startswith("-r ")]
+
+
+@pytest.mark.parametrize("manager", ["pip", "uv"])
 @pytest.mark.parametrize("use_redis", [True, False])
-def test_every_dependency_is_pinned(bake: Callable[..., Path], use_redis: bool) -> None:
-    project = bake(use_redis=use_redis)
-    for requirements in ("requirements.txt", "requirements-dev.txt"):
-        for line in (project / requirements).read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line and not line.startswith("-r "):
-                assert re.fullmatch(PINNED, line), line
+def test_every_dependency_is_pinned(
+    bake: Callable[..., Path], use_redis: bool, manager: str
+) -> None:
+    declared = declared_dependencies(bake(use_redis=use_redis, package_manager=manager))
+    assert len(declared) >= 8
+    for line in declared:
+        assert re.fullmatch(PINNED, line), line
 
 
 @pytest.mark.parametrize(

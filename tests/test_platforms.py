@@ -24,11 +24,12 @@ from conftest import (
     free_port,
     package_of,
     require_tool,
+    run_build,
     running,
+    uv_environment,
     wait_until_healthy,
+    with_virtualenv,
 )
-
-PACKAGE_MANAGER_FILES = ("requirements.txt", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock")
 
 
 def app_setting(project: Path, expression: str, env: dict[str, str]) -> str:
@@ -89,12 +90,6 @@ def test_render_free_plan_leaves_out_the_shutdown_delay(bake: Callable[..., Path
 
 
 # --- Heroku ---------------------------------------------------------------
-
-
-def test_heroku_finds_exactly_one_package_manager_file(default_project: Path) -> None:
-    present = [name for name in PACKAGE_MANAGER_FILES if (default_project / name).exists()]
-    assert present == ["requirements.txt"]
-    assert not (default_project / "runtime.txt").exists()
 
 
 def test_heroku_python_version_comes_from_python_version_file(
@@ -170,10 +165,11 @@ def test_fly_health_check_has_timing(default_project: Path) -> None:
         assert platforms.seconds(check[key]) > 0, key
 
 
-def test_dockerfile_passes_hadolint(default_project: Path) -> None:
+@pytest.mark.parametrize("manager", ["pip", "uv"])
+def test_dockerfile_passes_hadolint(bake: Callable[..., Path], manager: str) -> None:
     hadolint = require_tool("hadolint")
     result = subprocess.run(
-        [hadolint, "Dockerfile"], cwd=default_project, capture_output=True, text=True
+        [hadolint, "Dockerfile"], cwd=bake(package_manager=manager), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -186,10 +182,12 @@ def test_dockerfile_builds_on_the_chosen_slim_python(
     assert image.base_image == f"python:{version}-slim"
 
 
+@pytest.mark.parametrize("manager", ["pip", "uv"])
 def test_dockerfile_runs_python_directly_as_a_numeric_unprivileged_user(
-    default_project: Path,
+    bake: Callable[..., Path], manager: str
 ) -> None:
-    image = platforms.read_dockerfile(default_project / "Dockerfile")
+    image = platforms.read_dockerfile(bake(package_manager=manager) / "Dockerfile")
+    assert image.cmd[0] == "python"  # uv's venv is first on PATH, no `uv run` in between
     assert isinstance(image.cmd, list), "CMD must be exec form so Python gets the signal"
     assert image.user is not None and image.user.isdigit() and int(image.user) > 0
     assert image.env["PYTHONUNBUFFERED"] == "1"
@@ -256,7 +254,11 @@ def wait_until_listening(process: subprocess.Popen[bytes], port: int, log: Path)
 CLIENTS = 5
 
 
-@pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "no-redis"])
+@pytest.mark.parametrize(
+    ("use_redis", "package_manager"),
+    [(True, "pip"), (False, "pip"), (True, "uv")],
+    ids=["redis", "no-redis", "redis-uv"],
+)
 @pytest.mark.parametrize("platform", [*PLATFORMS, "koyeb"])
 def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
     bake: Callable[..., Path],
@@ -264,13 +266,19 @@ def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
     tmp_path: Path,
     platform: str,
     use_redis: bool,
+    package_manager: str,
 ) -> None:
-    project = bake(use_redis=use_redis, **EVERY_TARGET)
+    project = bake(use_redis=use_redis, package_manager=package_manager, **EVERY_TARGET)
     launch = launch_for(platform, project)
     if use_redis:  # the platform's Redis add-on or service sets REDIS_URL
         launch.env["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    environment = app_environment(**launch.env)
+    if package_manager == "uv":  # build as the platform does, from uv.lock
+        uv = uv_environment(request.getfixturevalue("uv_cache"), **launch.env)
+        environment = with_virtualenv(uv, tmp_path / "venv")
+        run_build(launch.build, project, environment)
     log = tmp_path / f"{platform}.log"
-    with running(launch.argv, project, app_environment(**launch.env), log) as process:
+    with running(launch.argv, project, environment, log) as process:
         if launch.health is None:
             wait_until_listening(process, launch.port, log)
         else:

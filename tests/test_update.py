@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,60 @@ def test_the_hooks_stay_local_when_cruft_reruns_them(
     assert [p for p in after if not p.startswith(project)] == [
         p for p in before if not p.startswith(project)
     ]
+
+
+def switch_to_uv(project: Path, environment: dict[str, str]) -> dict[str, bytes]:
+    run(
+        require_tool("cruft"), "update", "--skip-apply-ask",
+        "--variables-to-update", '{"package_manager": "uv"}', cwd=project, env=environment,
+    )  # fmt: skip
+    return relative_files(project)
+
+
+def fresh_uv_bake(template: Path, directory: Path, environment: dict[str, str]) -> dict[str, bytes]:
+    run(
+        require_tool("cruft"), "create", str(template), "--no-input", "--output-dir",
+        str(directory), "--extra-context", '{"package_manager": "uv"}', cwd=directory.parent,
+        env=environment,
+    )  # fmt: skip
+    return relative_files(directory / "my-websocket-app")
+
+
+def test_switching_a_pip_project_to_uv_leaves_what_a_uv_bake_has(
+    tmp_path: Path,
+    environment: dict[str, str],
+    template_repository: Path,
+    older_project: Path,
+) -> None:
+    updated = switch_to_uv(older_project, environment)
+
+    assert "uv.lock" in updated
+    assert "requirements.txt" not in updated and "requirements-dev.txt" not in updated
+    assert not [name for name in updated if name.endswith((".rej", ".orig"))]
+    fresh = fresh_uv_bake(template_repository, tmp_path / "fresh", environment)
+    assert set(updated) - {".cruft.json"} == set(fresh) - {".cruft.json"}
+    for name in set(fresh) - {".cruft.json"}:
+        assert updated[name] == fresh[name], name
+    assert json.loads(updated[".cruft.json"])["context"]["cookiecutter"]["package_manager"] == "uv"
+
+
+def test_switching_keeps_an_edited_requirements_file_and_the_projects_test_says_so(
+    environment: dict[str, str], older_project: Path
+) -> None:
+    """git cannot delete a file the user changed: it stays, beside uv.lock,
+    and the generated tests/test_packaging.py names it (Heroku would refuse
+    the build)."""
+    requirements = older_project / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "httpx==0.28.1\n")
+    commit(older_project, environment, "mine")
+
+    updated = switch_to_uv(older_project, environment)
+
+    assert "uv.lock" in updated
+    assert updated["requirements.txt"].endswith(b"httpx==0.28.1\n")  # untouched
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_packaging.py"],
+        cwd=older_project, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert "remove requirements.txt: this project installs from uv.lock" in result.stdout

@@ -29,7 +29,9 @@ from conftest import (
     next_frame,
     package_of,
     require_tool,
+    run_build,
     running,
+    uv_environment,
     wait_until_healthy,
 )
 
@@ -58,23 +60,32 @@ def unit_environment(path: Path) -> dict[str, str]:
     return {name: shlex.split(value)[0] if value else "" for name, value in lines}
 
 
-@pytest.fixture
-def exported_unit(bake: Callable[..., Path], tmp_path: Path) -> tuple[Path, Path, int]:
+@pytest.fixture(params=["pip", "uv"])
+def exported_unit(
+    bake: Callable[..., Path], tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[Path, Path, int]:
     """Follow the README on a copy of the project; return (project, unit file, port)."""
     if sys.prefix == sys.base_prefix:
         message = "the README's steps use a venv: run the tests inside one"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)  # outside CI only: under CI=true it failed above
-    project = Path(shutil.copytree(bake(), tmp_path / "srv" / "my-websocket-app"))
+    baked = bake(package_manager=request.param)
+    project = Path(shutil.copytree(baked, tmp_path / "srv" / "my-websocket-app"))
     create_venv, write_procfile, export, enable = vm_commands(project)
 
-    # 1. The venv: this test session's, which has the same pins installed.
-    assert create_venv.startswith("python3 -m venv .venv && .venv/bin/pip install -r ")
+    # 1. The venv. pip's: this test session's, which has the same pins
+    # installed. uv's: as written, from uv.lock and the package registry.
     pins = re.findall(r'"([^"]+)"', create_venv)
     dev_requirements = (TEMPLATE / "requirements-dev.txt").read_text().splitlines()
     assert pins and set(pins) <= set(dev_requirements), pins
-    (project / ".venv").symlink_to(sys.prefix)
+    if request.param == "uv":
+        assert create_venv.startswith("uv sync --locked --no-dev && uv pip install --python .venv ")
+        environment = uv_environment(request.getfixturevalue("uv_cache"))
+        run_build([create_venv], project, environment)
+    else:
+        assert create_venv.startswith("python3 -m venv .venv && .venv/bin/pip install -r ")
+        (project / ".venv").symlink_to(sys.prefix)
 
     # 2. and 3. As written, but into a directory of ours and on a free port.
     units = tmp_path / "units"
