@@ -22,6 +22,18 @@ DEPENDENCIES = frozenset(
     {"websockets", "redis", "prometheus_client", "honcho", "pytest", "ruff", "conftest", "tests"}
 )
 
+#: The distributions the project installs (uv.lock's packages): a project of
+#: the same name would be one of them to uv and pip.
+# fmt: off
+DISTRIBUTIONS = frozenset({
+    "async-timeout", "cffi", "cfgv", "colorama", "cryptography", "distlib", "filelock",
+    "honcho", "identify", "iniconfig", "jinja2", "markupsafe", "nodeenv", "packaging",
+    "platformdirs", "pluggy", "pre-commit", "prometheus-client", "pycparser", "pygments",
+    "pyjwt", "pytest", "python-discovery", "pyyaml", "redis", "ruff", "uvloop", "virtualenv",
+    "websockets",
+})
+# fmt: on
+
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13", "3.14")
 
 PACKAGE_MANAGERS = ("pip", "uv")
@@ -67,6 +79,10 @@ RULES: dict[str, list[tuple[str, Callable[[object], bool]]]] = {
             "be 3-30 lower-case letters, digits and single dashes, starting with a letter"
             " and ending with a letter or digit (a valid Heroku and Fly.io app name)",
             matches(r"(?=.{3,30}\Z)[a-z][a-z0-9]*(-[a-z0-9]+)*"),
+        ),
+        (
+            "not be the name of a package the project installs (such as redis or pytest)",
+            lambda v: v not in DISTRIBUTIONS,
         ),
     ],
     "package_name": [

@@ -56,7 +56,7 @@ def as_template(with_redis: str, without_redis: str) -> str:
 
 
 def locked(use_redis: bool, directory: Path) -> str:
-    """Bake a uv project and run `uv lock` in it; return the lock it wrote."""
+    """Bake a uv project and run `uv lock` in it; return the lock it leaves."""
     config = directory / "cookiecutter.yaml"  # replay files stay in here too
     config.write_text(f"cookiecutters_dir: {directory}/templates\nreplay_dir: {directory}/replay\n")
     project = Path(
@@ -68,7 +68,8 @@ def locked(use_redis: bool, directory: Path) -> str:
             config_file=str(config),
         )
     )
-    (project / "uv.lock").unlink(missing_ok=True)
+    # The rendered lock stays: uv keeps every version it still allows, so only
+    # what a changed pin needs moves, and both runs move alike.
     subprocess.run(["uv", "lock", "--quiet"], cwd=project, env=uv_environment(), check=True)
     return (project / "uv.lock").read_text()
 

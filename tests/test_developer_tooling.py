@@ -40,9 +40,9 @@ def setup_python(project: Path, job: str) -> dict[str, Any]:
     )
 
 
-def copy_project(project: Path, tmp_path: Path) -> Path:
-    """A private copy, for tests that write into the project."""
-    return Path(shutil.copytree(project, tmp_path / project.name))
+def copy_project(project: Path, directory: Path) -> Path:
+    """A private copy in ``directory``, for tests that write into the project."""
+    return Path(shutil.copytree(project, directory / project.name))
 
 
 # --- CI workflow ------------------------------------------------------------
@@ -151,8 +151,10 @@ def test_the_workflows_steps_pass_in_the_baked_project(
     """
     if use_redis:
         require_tool("redis-server")
-    project = copy_project(bake(use_redis=use_redis, package_manager=manager), tmp_path)
+    baked = bake(use_redis=use_redis, package_manager=manager)
     for job in ("lint", "test"):
+        # Each job gets a fresh checkout, as on GitHub: no .venv from the other.
+        project = copy_project(baked, tmp_path / job)
         environment = workflow_environment(project, job, uv_cache)
         for name, step in workflow_steps(project, job).items():
             if "run" not in step or name in STEPS_RUN_BY_CI:

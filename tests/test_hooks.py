@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +22,8 @@ REFUSED_BY_HOOK = [
     ("project_slug", "-chat", "leading dash"),
     ("project_slug", "chat--room", "double dash"),
     ("project_slug", "chat.room", "a dot"),
+    ("project_slug", "honcho", "the name of a locked package"),
+    ("project_slug", "pre-commit", "the name of a locked package, with a dash"),
     ("package_name", "json", "shadows the standard library"),
     ("package_name", "asyncio", "shadows the standard library"),
     ("package_name", "class", "a keyword"),
@@ -223,3 +226,15 @@ def test_the_hooks_validate_with_sys_exit_not_assert() -> None:
     for hook in ("pre_gen_project.py", "post_gen_project.py"):
         source = (TEMPLATE / "hooks" / hook).read_text()
         assert "assert " not in source, hook
+
+
+def test_the_hook_knows_every_package_the_lock_installs() -> None:
+    """A slug equal to a locked package's name would break the lock: the hook's
+    list must be the lock's, with and without Redis."""
+    hook = (TEMPLATE / "hooks" / "pre_gen_project.py").read_text()
+    listed = set(
+        re.findall(r'"([a-z0-9-]+)"', hook.split("DISTRIBUTIONS = frozenset(")[1].split(")")[0])
+    )
+    lock = (TEMPLATE / "{{cookiecutter.project_slug}}" / "uv.lock").read_text()
+    locked = set(re.findall(r'^name = "([a-z0-9-]+)"$', lock, re.M))
+    assert listed == locked

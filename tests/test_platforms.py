@@ -187,8 +187,8 @@ def test_dockerfile_runs_python_directly_as_a_numeric_unprivileged_user(
     bake: Callable[..., Path], manager: str
 ) -> None:
     image = platforms.read_dockerfile(bake(package_manager=manager) / "Dockerfile")
-    assert image.cmd[0] == "python"  # uv's venv is first on PATH, no `uv run` in between
     assert isinstance(image.cmd, list), "CMD must be exec form so Python gets the signal"
+    assert image.cmd[0] == "python"  # uv's venv is first on PATH, no `uv run` in between
     assert image.user is not None and image.user.isdigit() and int(image.user) > 0
     assert image.env["PYTHONUNBUFFERED"] == "1"
 
@@ -275,6 +275,7 @@ def test_platform_lifecycle_closes_every_client_with_1001_and_exits_0(
     environment = app_environment(**launch.env)
     if package_manager == "uv":  # build as the platform does, from uv.lock
         uv = uv_environment(request.getfixturevalue("uv_cache"), **launch.env)
+        uv.pop("UV_NO_CACHE", None)  # the image's; here the session's cache saves downloads
         environment = with_virtualenv(uv, tmp_path / "venv")
         run_build(launch.build, project, environment)
     log = tmp_path / f"{platform}.log"

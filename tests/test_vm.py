@@ -80,9 +80,14 @@ def exported_unit(
     dev_requirements = (TEMPLATE / "requirements-dev.txt").read_text().splitlines()
     assert pins and set(pins) <= set(dev_requirements), pins
     if request.param == "uv":
-        assert create_venv.startswith("uv sync --locked --no-dev && uv pip install --python .venv ")
+        assert create_venv.startswith(
+            "uv sync --locked --no-dev --python python3 && uv pip install --python .venv "
+        )
+        # The command chooses the Python itself: no UV_PYTHON, and no download.
         environment = uv_environment(request.getfixturevalue("uv_cache"))
+        del environment["UV_PYTHON"]
         run_build([create_venv], project, environment)
+        assert (project / ".venv/bin/python").resolve().is_file()
     else:
         assert create_venv.startswith("python3 -m venv .venv && .venv/bin/pip install -r ")
         (project / ".venv").symlink_to(sys.prefix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -274,6 +275,52 @@ def test_a_message_redis_refuses_gets_unavailable_and_no_ack(
         client.say("no room", client_id="full-1")  # as the page does
         assert client.hear_text() == "no room"
         assert client.ack("full-1")
+
+
+def test_redis_filling_up_under_noeviction_refuses_messages_with_a_warning(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    """render.yaml's Key Value runs with noeviction: once full, every XADD
+    gets an OOM error. Messages are refused (``unavailable``, no ack), never
+    half-stored; the app warns, keeps serving, and recovers when Redis has
+    room again."""
+    app = start_shared(MAX_MESSAGES_PER_SECOND="10000")
+    store = redis.Redis(port=redis_server.port)
+    store.config_set("maxmemory-policy", "noeviction")
+    store.config_set("maxmemory", store.info("memory")["used_memory"] + 2**20)
+    acked = []
+    try:
+        with app.client("/ws/filling") as client, app.client("/ws/filling") as listener:
+            for n in range(5000):  # 1 MiB of headroom: about 500 of these
+                client_id = client.say("x" * 2000, client_id=f"fill-{n}")
+                with contextlib.suppress(TimeoutError):
+                    client.ack(client_id, timeout=2)
+                if client.errors:
+                    break
+                acked.append(client_id)
+            error = client.error()
+            assert error == {
+                "type": "error",
+                "error": "unavailable",
+                "reason": "the message could not be stored: send it again",
+                "client_id": f"fill-{len(acked)}",
+            }
+            # Whoever else is in the room heard every acknowledged message, once.
+            heard = [listener.hear()["id"] for _ in acked]
+            assert heard == [client.acks[c] for c in acked]
+            assert 100 < len(acked) < 5000
+            assert store.xlen(PACKAGE + ":{filling}:history") == len(acked)
+
+            store.config_set("maxmemory", "0")
+            client.say("x" * 2000, client_id=f"fill-{len(acked)}")  # sent again
+            assert client.ack(f"fill-{len(acked)}")
+            assert listener.hear()["id"] == client.acks[f"fill-{len(acked)}"]
+    finally:
+        store.config_set("maxmemory", "0")
+    warning = "WARNING " + PACKAGE + ".redis_broker: Redis refused a message: command not allowed"
+    assert warning + " when used memory > 'maxmemory'" in app.log
+    assert "ERROR" not in app.log and "Traceback" not in app.log
+    assert app.request("GET", "/healthz")[0] == 200
 
 
 def test_a_resumed_client_gets_no_duplicate_after_a_resubscription(

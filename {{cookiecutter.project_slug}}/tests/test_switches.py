@@ -46,7 +46,7 @@ HIDE_UVLOOP = (
 
 
 def test_without_uvloop_the_app_falls_back_to_asyncio(tmp_path: Path) -> None:
-    """As on Windows, where requirements.txt installs no uvloop."""
+    """As on Windows, where the pinned dependencies install no uvloop."""
     port = free_port()
     log = tmp_path / "app.log"
     with log.open("wb") as output:

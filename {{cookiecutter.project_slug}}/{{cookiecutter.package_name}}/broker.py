@@ -12,7 +12,9 @@ with Redis. Both pass the same tests (``tests/test_broker.py``).
 
 History is bounded like a Redis Stream with ``MAXLEN`` and ``EXPIRE``: the
 last ``HISTORY_SIZE`` messages of each room, for ``HISTORY_TTL`` seconds
-after its last message.
+after its last message. In memory, all rooms together also stay within
+``HISTORY_MAX_BYTES``: past it, the room written to longest ago loses its
+oldest messages first, then the rest of its state.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -41,6 +44,13 @@ SWEEP_INTERVAL = 10.0
 #: client_ids remembered per room in memory, at most: past it, the oldest
 #: are forgotten before HISTORY_TTL.
 MAX_CLIENT_IDS = 100_000
+#: What a stored message costs in memory besides its frame (a tuple in a
+#: deque and its counter), and a remembered client_id besides its string
+#: (a dict entry and a tuple): measured with tracemalloc, rounded up.
+MESSAGE_OVERHEAD = 100
+CLIENT_ID_OVERHEAD = 200
+#: What a room costs before its first message.
+ROOM_OVERHEAD = 1200
 
 
 class Unavailable(Exception):
@@ -76,11 +86,21 @@ class Replay:
 @dataclass(slots=True)
 class _Room:
     epoch: str
-    messages: deque[tuple[int, str]]
+    messages: deque[tuple[int, str]] = field(default_factory=deque)
     #: client_id -> (message id, expiry time), oldest first.
     client_ids: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
     counter: int = 0
     expires: float = 0.0
+    #: What the messages and client_ids above cost, in bytes (see cost()).
+    bytes: int = ROOM_OVERHEAD
+
+
+def message_cost(frame: str) -> int:
+    return sys.getsizeof(frame) + MESSAGE_OVERHEAD
+
+
+def client_id_cost(client_id: str) -> int:
+    return sys.getsizeof(client_id) + CLIENT_ID_OVERHEAD
 
 
 class MemoryHistory:
@@ -89,37 +109,54 @@ class MemoryHistory:
     Ids are ``<epoch>:<counter>``. The epoch is new in each process and for
     each room that expired, so an id from before a restart or an expiry is
     never taken for one of today's: it gets ``recovered: false``.
+
+    ``max_bytes`` bounds all rooms together, so that many rooms filled with
+    the largest messages cannot grow the process without limit. Past it,
+    the least recently written room gives up its oldest message, then,
+    once it has none, its client_ids and epoch (the room starts again):
+    the rooms clients are talking in keep their history longest. A resume
+    from an evicted message gets ``recovered: false``.
     """
 
-    def __init__(self, *, size: int, ttl: float) -> None:
+    def __init__(self, *, size: int, ttl: float, max_bytes: int = 64 * 2**20) -> None:
         self.size = size
         self.ttl = ttl
-        self.rooms: dict[str, _Room] = {}
+        self.max_bytes = max_bytes
+        #: Least recently written first.
+        self.rooms: OrderedDict[str, _Room] = OrderedDict()
+        #: What every room costs together, in bytes.
+        self.bytes = 0
 
     def store(self, room: str, tail: str, client_id: str | None) -> tuple[Stored, str]:
         """Store a message; return where it went and its frame."""
         now = time.monotonic()
         state = self._live(room, now)
         if state is None:
-            state = self.rooms[room] = _Room(
-                secrets.token_hex(4), deque(maxlen=self.size)
-            )
+            state = self.rooms[room] = _Room(secrets.token_hex(4))
+            self.bytes += state.bytes
+        self.rooms.move_to_end(room)
         if client_id is not None:
             while state.client_ids:  # forget client_ids past their window
-                first = next(iter(state.client_ids.values()))
-                if first[1] > now and len(state.client_ids) <= MAX_CLIENT_IDS:
+                first_id, (_, expires) = next(iter(state.client_ids.items()))
+                if expires > now and len(state.client_ids) <= MAX_CLIENT_IDS:
                     break
-                state.client_ids.popitem(last=False)
+                self._forget_client_id(state, first_id)
             known = state.client_ids.get(client_id)
             if known is not None:
                 return Stored(known[0], duplicate=True), ""
         state.counter += 1
         message_id = f"{state.epoch}:{state.counter}"
         frame = protocol.message_frame(message_id, tail)
-        state.messages.append((state.counter, frame))
+        if self.size > 0:
+            if len(state.messages) >= self.size:
+                self._forget_oldest_message(state)
+            state.messages.append((state.counter, frame))
+            self._spend(state, message_cost(frame))
         state.expires = now + self.ttl
         if client_id is not None:
             state.client_ids[client_id] = (message_id, now + self.ttl)
+            self._spend(state, client_id_cost(client_id))
+        self._evict(keep=state)
         return Stored(message_id, duplicate=False), frame
 
     def replay(self, room: str, since: str | None) -> Replay:
@@ -151,14 +188,46 @@ class MemoryHistory:
         now = time.monotonic()
         expired = [room for room, state in self.rooms.items() if state.expires <= now]
         for room in expired:
-            del self.rooms[room]
+            self._forget_room(room)
 
     def _live(self, room: str, now: float) -> _Room | None:
         state = self.rooms.get(room)
         if state is not None and state.expires <= now:
-            del self.rooms[room]
+            self._forget_room(room)
             return None
         return state
+
+    def _spend(self, state: _Room, cost: int) -> None:
+        state.bytes += cost
+        self.bytes += cost
+
+    def _forget_oldest_message(self, state: _Room) -> None:
+        _, frame = state.messages.popleft()
+        self._spend(state, -message_cost(frame))
+
+    def _forget_client_id(self, state: _Room, client_id: str) -> None:
+        del state.client_ids[client_id]
+        self._spend(state, -client_id_cost(client_id))
+
+    def _forget_room(self, room: str) -> None:
+        self.bytes -= self.rooms.pop(room).bytes
+
+    def _evict(self, keep: _Room) -> None:
+        """Forget the least recently written state until within max_bytes.
+
+        The room just written to gives up its own oldest messages last, and
+        never its newest one: that message was just acknowledged.
+        """
+        while self.bytes > self.max_bytes:
+            room, state = next(iter(self.rooms.items()))
+            if state is keep:
+                if len(state.messages) <= 1:
+                    return
+                self._forget_oldest_message(state)
+            elif state.messages:
+                self._forget_oldest_message(state)
+            else:
+                self._forget_room(room)
 
 
 class Broker:
@@ -170,10 +239,18 @@ class Broker:
     #: anything, so that a message can be published as soon as it arrives.
     immediate = True
 
-    def __init__(self, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        history_max_bytes: int = 64 * 2**20,
+    ) -> None:
         self._subscribers: list[Deliver] = []
         self._resubscribed: list[Resubscribed] = []
-        self.local_history = MemoryHistory(size=history_size, ttl=history_ttl)
+        self.local_history = MemoryHistory(
+            size=history_size, ttl=history_ttl, max_bytes=history_max_bytes
+        )
 
     def subscribe(self, deliver: Deliver) -> None:
         """Call ``deliver(room, id, frame)`` for every message stored."""

@@ -77,8 +77,8 @@ class Config:
     serve_page: bool
     #: Serve Prometheus metrics at ``/metrics``.
     serve_metrics: bool
-    #: "uvloop" (the default where it is installed: requirements.txt installs
-    #: it on Linux and macOS) or "asyncio", the standard library's loop.
+    #: "uvloop" (the default where it is installed: the pinned dependencies
+    #: install it on Linux and macOS) or "asyncio", the standard library's loop.
     event_loop: str
     #: "off", or "deflate" to accept clients that offer per-message deflate:
     #: it shrinks large text, but costs about 32 KiB per connection and CPU
@@ -88,6 +88,8 @@ class Config:
     history_size: int
     #: Seconds a room's history is kept after its last message.
     history_ttl: float
+    #: Bytes all rooms' history may take in this process's memory.
+    history_max_bytes: int
     #: Characters allowed in one message's text.
     max_text_length: int
     #: HS256 tokens signed with this secret are trusted; never logged.
@@ -150,6 +152,9 @@ class Config:
                 environ, "HISTORY_SIZE", default=1000, low=0, high=100_000
             ),
             history_ttl=_read_positive(environ, "HISTORY_TTL", 300.0),
+            history_max_bytes=_read_int(
+                environ, "HISTORY_MAX_BYTES", default=64 * 2**20, low=2**20, high=2**40
+            ),
             max_text_length=_read_int(
                 environ, "MAX_TEXT_LENGTH", default=2000, low=1, high=2**20
             ),

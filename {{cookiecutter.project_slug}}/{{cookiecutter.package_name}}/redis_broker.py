@@ -212,8 +212,13 @@ class RedisBroker(Broker):
         ssl_cert_reqs: str,
         history_size: int = 1000,
         history_ttl: float = 300.0,
+        history_max_bytes: int = 64 * 2**20,
     ) -> None:
-        super().__init__(history_size=history_size, history_ttl=history_ttl)
+        super().__init__(
+            history_size=history_size,
+            history_ttl=history_ttl,
+            history_max_bytes=history_max_bytes,
+        )
         self.url = url
         self.options: dict[str, object] = {
             "decode_responses": True,

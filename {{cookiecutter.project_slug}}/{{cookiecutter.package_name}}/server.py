@@ -190,9 +190,14 @@ def create_broker(config: Config) -> Broker:
             ssl_cert_reqs=config.redis_ssl_cert_reqs,
             history_size=config.history_size,
             history_ttl=config.history_ttl,
+            history_max_bytes=config.history_max_bytes,
         )
 {%- endif %}
-    return Broker(history_size=config.history_size, history_ttl=config.history_ttl)
+    return Broker(
+        history_size=config.history_size,
+        history_ttl=config.history_ttl,
+        history_max_bytes=config.history_max_bytes,
+    )
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
