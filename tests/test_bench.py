@@ -157,6 +157,47 @@ def test_the_redis_memory_benchmark_smoke_mode_prints_its_numbers() -> None:
     assert re.search(r"streams: [\d.]+ KiB per room \(50 entries", output), output
 
 
+def test_the_history_memory_benchmark_smoke_mode_prints_every_case() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "history_memory.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = re.findall(
+        r"^\| (rooms|client_ids) \| (64 MiB|unbounded) \| [^|]+ \| ([\d.]+) MiB \| ([\d.]+) MiB"
+        r" \| ([\d,]+) \| [\d.]+ s \|$",
+        result.stdout,
+        re.M,
+    )
+    assert [row[:2] for row in rows] == [
+        ("rooms", "64 MiB"), ("rooms", "unbounded"),
+        ("client_ids", "64 MiB"), ("client_ids", "unbounded"),
+    ], result.stdout  # fmt: skip
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) > 0, row
+
+
+def test_the_token_benchmark_smoke_mode_prints_every_case() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "tokens.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = re.findall(
+        r"^\| (HS256|RS256) \| (none|invalid signature|valid) \| (401|101 \(50\)) \| (\d+) µs \|$",
+        result.stdout,
+        re.M,
+    )
+    expected = [("none", "401"), ("invalid signature", "401"), ("valid", "101 (50)")]
+    assert [row[:3] for row in rows] == [
+        (algorithm, *case) for algorithm in ("HS256", "RS256") for case in expected
+    ], result.stdout
+
+
 def test_the_scrape_benchmark_smoke_mode_prints_every_cost() -> None:
     require_tool("redis-server")  # two workers share a redis-server
     result = subprocess.run(

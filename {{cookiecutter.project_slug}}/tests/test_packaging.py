@@ -12,7 +12,13 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 
 #: Every file a Python buildpack takes for a package manager's.
-PACKAGE_MANAGER_FILES = ("requirements.txt", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock")
+PACKAGE_MANAGER_FILES = (
+    "requirements.txt",
+    "Pipfile",
+    "Pipfile.lock",
+    "poetry.lock",
+    "uv.lock",
+)
 {%- if cookiecutter.package_manager == "uv" %}
 CHOSEN = "uv.lock"
 {%- else %}

@@ -317,8 +317,8 @@ def test_redis_filling_up_under_noeviction_refuses_messages_with_a_warning(
             assert listener.hear()["id"] == client.acks[f"fill-{len(acked)}"]
     finally:
         store.config_set("maxmemory", "0")
-    warning = "WARNING " + PACKAGE + ".redis_broker: Redis refused a message: command not allowed"
-    assert warning + " when used memory > 'maxmemory'" in app.log
+    warning = f"WARNING {PACKAGE}.redis_broker: Redis refused a message: "
+    assert warning + "command not allowed when used memory > 'maxmemory'" in app.log
     assert "ERROR" not in app.log and "Traceback" not in app.log
     assert app.request("GET", "/healthz")[0] == 200
 

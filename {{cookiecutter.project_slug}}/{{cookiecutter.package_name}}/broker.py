@@ -46,9 +46,10 @@ SWEEP_INTERVAL = 10.0
 MAX_CLIENT_IDS = 100_000
 #: What a stored message costs in memory besides its frame (a tuple in a
 #: deque and its counter), and a remembered client_id besides its string
-#: (a dict entry and a tuple): measured with tracemalloc, rounded up.
+#: (a dict entry, a tuple and its message id): measured, rounded up
+#: (bench/history_memory.py in the template measures the process's RSS).
 MESSAGE_OVERHEAD = 100
-CLIENT_ID_OVERHEAD = 200
+CLIENT_ID_OVERHEAD = 280
 #: What a room costs before its first message.
 ROOM_OVERHEAD = 1200
 
