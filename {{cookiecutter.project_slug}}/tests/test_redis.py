@@ -12,7 +12,9 @@ from collections.abc import Callable
 import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
+from {{ cookiecutter.package_name }} import redis_broker
 from {{ cookiecutter.package_name }}.redis_broker import RedisBroker
 
 from conftest import PACKAGE, App, RedisServer, wait_connected
@@ -445,13 +447,64 @@ def test_rooms_joined_in_the_same_moment_are_subscribed_in_one_command(
     assert store.info("commandstats")["cmdstat_subscribe"]["calls"] == 1
 
 
+def percentile(values: list[float], percent: int) -> float:
+    return sorted(values)[len(values) * percent // 100]
+
+
+def test_clients_churning_through_rooms_cost_redis_a_bounded_number_of_commands(
+    start_shared: Callable[..., App], redis_server: RedisServer
+) -> None:
+    """500 clients join and leave 500 rooms as fast as they can: Redis gets
+    at most one SUBSCRIBE and one UNSUBSCRIBE per SUBSCRIPTION_INTERVAL, and
+    a client in another room is answered promptly all along."""
+    app = start_shared(MAX_MESSAGES_PER_SECOND="10000")
+    store = redis.Redis(port=redis_server.port)
+
+    def churn(worker: int) -> None:
+        for n in range(100):
+            with connect(app.ws_url(f"/ws/churn-{worker}-{n}")) as client:
+                client.recv(timeout=10)  # joined: the room was subscribed
+
+    with app.client("/ws/steady") as steady:
+        store.config_resetstat()
+        started = time.monotonic()
+        workers = [threading.Thread(target=churn, args=(w,)) for w in range(5)]
+        for worker in workers:
+            worker.start()
+        round_trips, pings = [], []
+        while any(worker.is_alive() for worker in workers):
+            time.sleep(0.01)
+            sent = time.monotonic()
+            steady.say("still here")
+            assert steady.hear_text() == "still here"
+            round_trips.append(time.monotonic() - sent)
+            sent = time.monotonic()
+            store.ping()
+            pings.append(time.monotonic() - sent)
+        for worker in workers:
+            worker.join()
+        elapsed = time.monotonic() - started
+        stats = store.info("commandstats")
+        commands = sum(
+            stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            for name in ("subscribe", "unsubscribe")
+        )
+        eventually(lambda: subscribed_rooms(redis_server) == {room_channel("steady")})
+
+    flushes = elapsed / redis_broker.SUBSCRIPTION_INTERVAL + 2
+    assert commands <= 2 * flushes, (commands, elapsed)
+    assert commands < 500  # 500 joins and 500 leaves: two or more per command
+    # On a busy machine (CI runs two suites at once) a rare answer is slow.
+    assert len(round_trips) > 10 and percentile(round_trips, 95) < 0.5, round_trips
+    assert percentile(pings, 95) < 0.5, pings
+    assert "ERROR" not in app.log and "Traceback" not in app.log
+
+
 def test_a_quiet_subscriber_connection_is_kept_by_its_heartbeat(
     redis_server: RedisServer,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from {{ cookiecutter.package_name }} import redis_broker
-
     async def stay_quiet() -> str:
         broker = RedisBroker(
             redis_server.url, channel_prefix=f"{PACKAGE}:", ssl_cert_reqs="required"

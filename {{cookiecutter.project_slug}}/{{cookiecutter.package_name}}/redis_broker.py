@@ -75,6 +75,12 @@ REDIS_TIMEOUT = 5.0
 #: Seconds of silence on a subscriber connection before it sends PING;
 #: REDIS_TIMEOUT more of silence means the connection is broken.
 HEARTBEAT_INTERVAL = 2.0
+#: Seconds between two flushes of subscription changes, at least: under
+#: churn (clients joining and leaving many rooms at once), each link gets
+#: at most one SUBSCRIBE and one UNSUBSCRIBE this often, each naming every
+#: room that changed meanwhile; a room joined and left between two flushes
+#: costs no command. A join after a quiet moment is flushed at once.
+SUBSCRIPTION_INTERVAL = 0.1
 #: Seconds between attempts to publish to Redis once publishing failed.
 PUBLISH_RETRY_INTERVAL = 1.0
 #: Seconds a command may take while the subscriber has lost Redis.
@@ -261,6 +267,8 @@ class RedisBroker(Broker):
         #: Joins waiting for their room's subscription to be confirmed.
         self.waiters: dict[str, asyncio.Future[None]] = {}
         self.flushing: asyncio.Task[None] | None = None
+        #: When subscriptions were last flushed (the loop's clock).
+        self.flushed_at = -SUBSCRIPTION_INTERVAL
         #: Set when the view of the cluster may be out of date: run() takes a
         #: fresh one, and subscribes again what needs it.
         self.stale = False
@@ -314,9 +322,14 @@ class RedisBroker(Broker):
 
     async def _flush(self) -> None:
         """Subscribe and unsubscribe the rooms that changed, one command per
-        link where Redis allows it, until nothing more has changed."""
+        link where Redis allows it, until nothing more has changed; at most
+        once per SUBSCRIPTION_INTERVAL."""
+        loop = asyncio.get_running_loop()
         try:
             while self.dirty:
+                next_flush = self.flushed_at + SUBSCRIPTION_INTERVAL
+                await asyncio.sleep(next_flush - loop.time())
+                self.flushed_at = loop.time()
                 dirty, self.dirty = self.dirty, set()
                 changes: dict[tuple[Link, str], list[str]] = {}
                 self._plan(dirty, changes)
