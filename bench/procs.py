@@ -66,8 +66,15 @@ def rss_kib(pid: int) -> int:
 class ServerProcess:
     """A server started in its own process group on a free loopback port."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, log: Path) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        log: Path,
+        port: int | None = None,  # a restarted server keeps its port
+    ) -> None:
+        self.port = free_port() if port is None else port
         self.log = log
         env = {**env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         command = list(argv)

@@ -198,6 +198,22 @@ def test_the_token_benchmark_smoke_mode_prints_every_case() -> None:
     ], result.stdout
 
 
+def test_the_storm_benchmark_smoke_mode_prints_an_exact_recovery() -> None:
+    require_tool("redis-server")
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "storm.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout
+    assert "| clients that heard every message exactly once, in order | 100 / 100 |" in output
+    assert re.search(r"\| rejoins that said recovered: true \| (\d+) / \1 \|", output), output
+    assert re.search(r"after SIGTERM \| [\d.]+ s \|", output), output
+    assert re.search(r"peak during the storm \| \d+ MiB \|", output), output
+
+
 def test_the_scrape_benchmark_smoke_mode_prints_every_cost() -> None:
     require_tool("redis-server")  # two workers share a redis-server
     result = subprocess.run(
