@@ -75,6 +75,12 @@ REDIS_TIMEOUT = 5.0
 #: Seconds of silence on a subscriber connection before it sends PING;
 #: REDIS_TIMEOUT more of silence means the connection is broken.
 HEARTBEAT_INTERVAL = 2.0
+#: Commands on their way to Redis at once, at most: below redis-py's pool
+#: of 100 connections (per node on a cluster), which refuses one more with
+#: "Too many connections" instead of waiting. Past it, commands wait their
+#: turn: a reconnect storm's thousands of history reads are queued, not
+#: mistaken for Redis failing (which answered them recovered: false).
+MAX_COMMANDS_IN_FLIGHT = 64
 #: Seconds between two flushes of subscription changes, at least: under
 #: churn (clients joining and leaving many rooms at once), each link gets
 #: at most one SUBSCRIBE and one UNSUBSCRIBE this often, each naming every
@@ -247,6 +253,7 @@ class RedisBroker(Broker):
         #: Set by run() only: it alone knows whether messages published to
         #: Redis come back to this process.
         self.status = "connecting"
+        self.in_flight = asyncio.Semaphore(MAX_COMMANDS_IN_FLIGHT)
         #: Servers whose last command failed, and when; by server name ("" for
         #: one server).
         self.failing: dict[str, float] = {}
@@ -449,7 +456,7 @@ class RedisBroker(Broker):
             self.probing.add(server)
         patience = REDIS_TIMEOUT if self._reachable(room) else DISCONNECTED_TIMEOUT
         try:
-            async with asyncio.timeout(patience):
+            async with asyncio.timeout(patience), self.in_flight:
                 yield
         except UNREACHABLE as exc:
             self._failed(server, exc)
