@@ -141,16 +141,21 @@ def test_run_also_measures_what_busy_rooms_cost_in_redis_memory(
     assert re.search(r"grew by \*\*[\d.]+ MiB, [\d.]+ KiB per room\*\*", printed)
 
 
-def test_the_redis_memory_benchmark_smoke_mode_prints_its_numbers() -> None:
-    require_tool("redis-server")
+def smoke_output(script: str, timeout: float = 300) -> str:
+    """What ``bench/<script> --smoke`` prints, once it has exited 0."""
     result = subprocess.run(
-        [sys.executable, str(BENCH / "redis_memory.py"), "--smoke"],
+        [sys.executable, str(BENCH / script), "--smoke"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    output = result.stdout
+    return result.stdout
+
+
+def test_the_redis_memory_benchmark_smoke_mode_prints_its_numbers() -> None:
+    require_tool("redis-server")
+    output = smoke_output("redis_memory.py", timeout=120)
     assert re.search(r"10 rooms x 50 messages of 64 characters \(HISTORY_SIZE 1000", output)
     assert re.search(r"published: 500 in [\d.]+ s", output), output
     assert re.search(r"rooms cost: [\d.]+ MiB, [\d.]+ KiB per room", output), output
@@ -158,56 +163,37 @@ def test_the_redis_memory_benchmark_smoke_mode_prints_its_numbers() -> None:
 
 
 def test_the_history_memory_benchmark_smoke_mode_prints_every_case() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "history_memory.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    output = smoke_output("history_memory.py")
     rows = re.findall(
         r"^\| (rooms|client_ids) \| (64 MiB|unbounded) \| [^|]+ \| ([\d.]+) MiB \| ([\d.]+) MiB"
         r" \| ([\d,]+) \| [\d.]+ s \|$",
-        result.stdout,
+        output,
         re.M,
     )
     assert [row[:2] for row in rows] == [
         ("rooms", "64 MiB"), ("rooms", "unbounded"),
         ("client_ids", "64 MiB"), ("client_ids", "unbounded"),
-    ], result.stdout  # fmt: skip
+    ], output  # fmt: skip
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0, row
 
 
 def test_the_token_benchmark_smoke_mode_prints_every_case() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "tokens.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    output = smoke_output("tokens.py")
     rows = re.findall(
         r"^\| (HS256|RS256) \| (none|invalid signature|valid) \| (401|101 \(50\)) \| (\d+) µs \|$",
-        result.stdout,
+        output,
         re.M,
     )
     expected = [("none", "401"), ("invalid signature", "401"), ("valid", "101 (50)")]
     assert [row[:3] for row in rows] == [
         (algorithm, *case) for algorithm in ("HS256", "RS256") for case in expected
-    ], result.stdout
+    ], output
 
 
 def test_the_storm_benchmark_smoke_mode_prints_an_exact_recovery() -> None:
     require_tool("redis-server")
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "storm.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    output = result.stdout
+    output = smoke_output("storm.py")
     assert "| clients that heard every message exactly once, in order | 100 / 100 |" in output
     assert re.search(r"\| rejoins that said recovered: true \| (\d+) / \1 \|", output), output
     assert re.search(r"after SIGTERM \| [\d.]+ s \|", output), output
