@@ -34,7 +34,7 @@ def test_two_thousand_clients_recover_exactly_after_their_instance_restarts(
     assert result.problems == []
     assert result.exact == result.clients == 2000
     assert result.rejoins >= 2000 and result.recovered_rejoins == result.rejoins
-    assert result.messages > 500  # messages flowed before, during and after
+    assert result.messages > 4 * result.rooms  # messages flowed throughout
     assert result.last_back_after_healthy < 60
     for log in tmp_path.glob("*.log"):
         text = log.read_text()

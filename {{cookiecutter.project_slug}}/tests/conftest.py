@@ -311,7 +311,12 @@ class RedisCluster:
         self.server = require("redis-server")
         self.cli = require("redis-cli")
         self.directory = directory
-        self.ports = [free_cluster_port() for _ in range(6)]
+        self.ports: list[int] = []
+        while len(self.ports) < 6:  # a port just freed may be handed out twice
+            port = free_cluster_port()
+            taken = {p + offset for p in self.ports for offset in (0, 10000)}
+            if not {port, port + 10000} & taken:
+                self.ports.append(port)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
