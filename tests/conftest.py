@@ -370,6 +370,12 @@ class Started:
             time.sleep(0.05)
 
 
+def assert_nothing_logged_at_error(app: Started) -> None:
+    """Nothing at ERROR or above, and no traceback, in the app's log so far."""
+    errors = [line for line in app.log.splitlines() if line.startswith(("ERROR", "CRITICAL"))]
+    assert errors == [] and "Traceback" not in app.log, app.log
+
+
 def launch_app(project: Path, log_dir: Path, stack: contextlib.ExitStack, **env: str) -> Started:
     """Start ``python -m <package>`` until ``stack`` closes; wait until healthy."""
     port = int(env.pop("PORT", free_port()))

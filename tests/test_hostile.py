@@ -26,7 +26,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import rawws
-from conftest import Started, chat_frame, echo, hear, launch_app, next_frame
+from conftest import (
+    Started,
+    assert_nothing_logged_at_error,
+    chat_frame,
+    echo,
+    hear,
+    launch_app,
+    next_frame,
+)
 
 LIMITS = {
     "MAX_MESSAGE_SIZE": "1024",
@@ -59,11 +67,6 @@ def assert_still_serving(app: Started) -> None:
             time.sleep(0.1)
     assert app.process.poll() is None
     assert_nothing_logged_at_error(app)
-
-
-def assert_nothing_logged_at_error(app: Started) -> None:
-    errors = [line for line in app.log.splitlines() if line.startswith(("ERROR", "CRITICAL"))]
-    assert errors == [] and "Traceback" not in app.log, app.log
 
 
 # --- HTTP: answered (or refused) before any WebSocket exists ----------------

@@ -24,7 +24,14 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from conftest import Started, chat_frame, echo, launch_app, next_frame
+from conftest import (
+    Started,
+    assert_nothing_logged_at_error,
+    chat_frame,
+    echo,
+    launch_app,
+    next_frame,
+)
 
 MAX_TEXT_LENGTH = 100
 LIMITS = {
@@ -73,11 +80,6 @@ def answers_to(client: ClientConnection, frame: str) -> list[dict[str, Any]]:
 
 def refused(error: str, reason: str, client_id: str | None = None) -> list[dict[str, Any]]:
     return [{"type": "error", "error": error, "reason": reason, "client_id": client_id}]
-
-
-def assert_nothing_logged_at_error(app: Started) -> None:
-    errors = [line for line in app.log.splitlines() if line.startswith(("ERROR", "CRITICAL"))]
-    assert errors == [] and "Traceback" not in app.log, app.log
 
 
 def delivered(answers: list[dict[str, Any]], client_id: str | None) -> str:

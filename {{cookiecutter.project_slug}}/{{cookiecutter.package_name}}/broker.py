@@ -92,7 +92,8 @@ class _Room:
     client_ids: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
     counter: int = 0
     expires: float = 0.0
-    #: What the messages and client_ids above cost, in bytes (see cost()).
+    #: What the messages and client_ids above cost, in bytes (see
+    #: message_cost() and client_id_cost()).
     bytes: int = ROOM_OVERHEAD
 
 
