@@ -3,7 +3,8 @@ once to their restarted instance while messages keep flowing, and each one
 hears every message of its room exactly once, in order.
 
 The storm itself is bench/storm.py's (which prints its figures): two
-instances share rooms through a real redis-server; the clients' instance is
+instances share rooms through a real redis-server, or a real Redis Cluster
+of three masters and their replicas; the clients' instance is
 stopped with SIGTERM and started again on its port; they reconnect with the
 demo page's backoff and jitter and ``?since=``; a publisher per room on the
 other instance never stops until after the storm.
@@ -12,21 +13,46 @@ other instance never stops until after the storm.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from conftest import TEMPLATE, RedisServer, package_of
+import pytest
+
+from conftest import TEMPLATE, package_of
 
 sys.path.insert(0, str(TEMPLATE / "bench"))
 import storm  # bench/ is not a package: found through sys.path
 
 
+@pytest.fixture
+def redis_cluster(default_project: Path, tmp_path: Path) -> Iterator[Any]:
+    """A real Redis Cluster, started by the baked project's own test helper
+    (its tests/conftest.py), so that both suites run the same cluster."""
+    spec = importlib.util.spec_from_file_location(
+        "baked_conftest", default_project / "tests" / "conftest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    baked = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baked)
+    cluster = baked.RedisCluster(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("shared_by", ["redis_server", "redis_cluster"])
 def test_two_thousand_clients_recover_exactly_after_their_instance_restarts(
-    default_project: Path, redis_server: RedisServer, tmp_path: Path
+    default_project: Path, shared_by: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    redis_url = request.getfixturevalue(shared_by).url
     result = asyncio.run(
         storm.storm(
-            default_project, package_of(default_project), redis_server.url, tmp_path,
+            default_project, package_of(default_project), redis_url, tmp_path,
             clients=2000, rooms=50,
         )
     )  # fmt: skip

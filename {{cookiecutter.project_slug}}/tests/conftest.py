@@ -86,6 +86,24 @@ class App:
         """A protocol client of this app, to use in a ``with`` block."""
         return Client(self.ws_url(path), **kwargs)
 
+    def slow_client(self, path: str = "/ws") -> Client:
+        """A client that reads only when asked to: one frame queued at most,
+        a 4 KiB socket buffer. What the server sends piles up on its side."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", self.port))
+        return Client(self.ws_url(path), sock=sock, max_queue=1)
+
+    def fill(self, room: str, count: int, length: int) -> list[str]:
+        """Publish ``count`` messages of ``length`` characters in ``room``,
+        each starting with its number; return their ids."""
+        ids = []
+        with self.client(f"/ws/{room}") as sender:
+            for n in range(count):  # one at a time: the sender reads too
+                sender.say(f"{n:05} ".ljust(length, "x"))
+                ids.append(str(sender.hear()["id"]))
+        return ids
+
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Send ``signum`` and return the exit status."""
         self.process.send_signal(signum)

@@ -157,6 +157,41 @@ def test_replay_returns_the_messages_after_since_in_order(
     run_with_broker(scenario)
 
 
+def test_replay_reads_a_page_at_a_time_when_given_a_limit(
+    run_with_broker: Callable[..., None],
+) -> None:
+    async def scenario(broker: Broker, delivered: Delivered) -> None:
+        ids = [(await broker.publish("r", tail(f"m{n}"), None)).id for n in range(7)]
+        pages = []
+        since = ids[0]
+        while True:
+            page = await broker.replay("r", since, 3)
+            assert page.recovered is True
+            assert page.last_id == ids[-1]
+            if not page.frames:
+                break
+            pages.append([text_of(frame) for frame in page.frames])
+            since = protocol.message_id(page.frames[-1])
+        assert pages == [["m1", "m2", "m3"], ["m4", "m5", "m6"]]
+
+    run_with_broker(scenario)
+
+
+def test_a_page_from_an_id_the_history_forgot_meanwhile_is_not_recovered(
+    run_with_broker: Callable[..., None],
+) -> None:
+    async def scenario(broker: Broker, delivered: Delivered) -> None:
+        ids = [(await broker.publish("r", tail(str(n)), None)).id for n in range(3)]
+        first = await broker.replay("r", ids[0], 1)
+        assert [text_of(frame) for frame in first.frames] == ["1"]
+        for n in range(300):  # Redis trims MAXLEN ~ in blocks of 100
+            await broker.publish("r", tail(f"later {n}"), None)
+        cursor = protocol.message_id(first.frames[-1])
+        assert (await broker.replay("r", cursor, 2)).recovered is False
+
+    run_with_broker(scenario, history_size=3)
+
+
 def test_replay_without_since_gives_the_last_id_only(
     run_with_broker: Callable[..., None],
 ) -> None:

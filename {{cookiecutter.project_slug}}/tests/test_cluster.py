@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import redis
 from redis.crc import key_slot
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from conftest import PACKAGE, App, Client, RedisCluster, wait_connected
 
@@ -51,6 +54,10 @@ def rooms_by_master(cluster: RedisCluster, per_master: int) -> dict[int, list[st
 
 def shard_channels(cluster: RedisCluster, port: int) -> set[str]:
     return set(cluster.command(port, f"PUBSUB SHARDCHANNELS {PACKAGE}:room:*").split())
+
+
+def all_shard_channels(cluster: RedisCluster) -> set[str]:
+    return set().union(*(shard_channels(cluster, port) for port in cluster.masters()))
 
 
 def channel(room: str) -> str:
@@ -262,3 +269,126 @@ def test_no_acknowledged_message_is_lost_or_doubled_across_a_failover(
     assert heard == acked
     with pytest.raises(TimeoutError):
         receiver.hear(timeout=0.5)
+
+
+def node(cluster: RedisCluster, port: int) -> redis.Redis:
+    """A plain client of one node, for its own commands (CONFIG, INFO)."""
+    return redis.Redis(port=port, decode_responses=True)
+
+
+def test_a_master_filling_up_under_noeviction_refuses_only_its_rooms_messages(
+    start_clustered: Callable[..., App], redis_cluster: RedisCluster
+) -> None:
+    """As on one Redis (test_redis.py), on the master that owns the room:
+    refused messages get ``unavailable`` and a WARNING, nothing half-stored,
+    and the resend is published once when the master has room. The rooms of
+    the other masters are served meanwhile."""
+    first = start_clustered(MAX_MESSAGES_PER_SECOND="10000")
+    second = start_clustered()
+    rooms = rooms_by_master(redis_cluster, 1)
+    full = redis_cluster.ports[0]
+    room = rooms[full][0]
+    elsewhere = next(names[0] for port, names in rooms.items() if port != full)
+    master = node(redis_cluster, full)
+    master.config_set("maxmemory-policy", "noeviction")
+    master.config_set("maxmemory", master.info("memory")["used_memory"] + 2**20)
+    acked = []
+    try:
+        with (
+            first.client(f"/ws/{room}") as client,
+            second.client(f"/ws/{room}") as listener,
+            first.client(f"/ws/{elsewhere}") as other,
+            second.client(f"/ws/{elsewhere}") as other_listener,
+        ):
+            for n in range(5000):  # 1 MiB of headroom: about 500 of these
+                client_id = client.say("x" * 2000, client_id=f"fill-{n}")
+                with contextlib.suppress(TimeoutError):
+                    client.ack(client_id, timeout=2)
+                if client.errors:
+                    break
+                acked.append(client_id)
+            refused = f"fill-{len(acked)}"
+            assert client.error() == {
+                "type": "error",
+                "error": "unavailable",
+                "reason": "the message could not be stored: send it again",
+                "client_id": refused,
+            }
+            other.say("another master has room")
+            assert other_listener.hear_text() == "another master has room"
+            heard = [listener.hear()["id"] for _ in acked]
+            assert heard == [client.acks[c] for c in acked]
+            assert 100 < len(acked) < 5000
+            assert master.xlen(PACKAGE + ":{" + room + "}:history") == len(acked)
+
+            master.config_set("maxmemory", "0")
+            client.say("x" * 2000, client_id=refused)  # sent again
+            assert listener.hear()["id"] == client.ack(refused)
+            with pytest.raises(TimeoutError):
+                listener.hear(timeout=0.5)
+    finally:
+        master.config_set("maxmemory", "0")
+    warning = f"WARNING {PACKAGE}.redis_broker: Redis refused a message: "
+    assert warning + "command not allowed when used memory > 'maxmemory'" in first.log
+    for app in (first, second):
+        assert "ERROR" not in app.log and "Traceback" not in app.log, app.log
+        assert b"broker: connected" in app.request("GET", "/healthz")[1]
+
+
+def percentile(values: list[float], percent: int) -> float:
+    return sorted(values)[len(values) * percent // 100]
+
+
+def test_clients_churning_through_rooms_cost_the_cluster_at_most_two_commands_a_room(
+    start_clustered: Callable[..., App], redis_cluster: RedisCluster
+) -> None:
+    """500 clients join and leave 500 rooms as fast as they can. A cluster
+    refuses channels of several slots in one command, so each room costs at
+    most one SSUBSCRIBE and one SUNSUBSCRIBE (less when it is joined and
+    left within one SUBSCRIPTION_INTERVAL), never more; every master and a
+    client in another room are answered promptly all along."""
+    app = start_clustered(MAX_MESSAGES_PER_SECOND="10000")
+    masters = [node(redis_cluster, port) for port in redis_cluster.masters()]
+
+    def churn(worker: int) -> None:
+        for n in range(100):
+            with connect(app.ws_url(f"/ws/churn-{worker}-{n}")) as client:
+                client.recv(timeout=10)  # joined: the room was subscribed
+
+    with app.client("/ws/steady") as steady:
+        for master in masters:
+            master.config_resetstat()
+        workers = [threading.Thread(target=churn, args=(w,)) for w in range(5)]
+        for worker in workers:
+            worker.start()
+        round_trips, pings = [], []
+        while any(worker.is_alive() for worker in workers):
+            time.sleep(0.01)
+            sent = time.monotonic()
+            steady.say("still here")
+            assert steady.hear_text() == "still here"
+            round_trips.append(time.monotonic() - sent)
+            for master in masters:
+                sent = time.monotonic()
+                master.ping()
+                pings.append(time.monotonic() - sent)
+        for worker in workers:
+            worker.join()
+        deadline = time.monotonic() + 5
+        while all_shard_channels(redis_cluster) != {channel("steady")}:
+            assert time.monotonic() < deadline, all_shard_channels(redis_cluster)
+            time.sleep(0.05)
+        commands = {
+            name: sum(
+                master.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0)
+                for master in masters
+            )
+            for name in ("ssubscribe", "sunsubscribe")
+        }
+
+    print(f"\n500 rooms churned: {commands}")
+    assert 0 < commands["ssubscribe"] <= 500, commands
+    assert commands["sunsubscribe"] <= commands["ssubscribe"], commands
+    assert len(round_trips) > 10 and percentile(round_trips, 95) < 0.5, round_trips
+    assert percentile(pings, 95) < 0.5, pings
+    assert "ERROR" not in app.log and "Traceback" not in app.log

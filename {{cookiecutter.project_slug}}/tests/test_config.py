@@ -76,7 +76,7 @@ def test_out_of_range_values_are_refused(variable: str, value: str) -> None:
         ),
         ({"MAX_TEXT_LENGTH": "70000"}, ("MAX_TEXT_LENGTH", "MAX_MESSAGE_SIZE")),
         (
-            {"MAX_SEND_BUFFER": "30000", "MAX_MESSAGE_SIZE": "30000"},
+            {"MAX_SEND_BUFFER": "20000", "MAX_MESSAGE_SIZE": "20000"},
             ("MAX_TEXT_LENGTH", "MAX_SEND_BUFFER"),
         ),
     ],
@@ -84,7 +84,7 @@ def test_out_of_range_values_are_refused(variable: str, value: str) -> None:
         "message larger than the default send buffer",
         "message one byte larger than the send buffer",
         "text longer than a message",
-        "largest message beyond what a resume may replay",
+        "largest frame relayed beyond the send buffer",
     ],
 )
 def test_contradictory_settings_are_refused_naming_both(

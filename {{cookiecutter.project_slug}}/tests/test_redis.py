@@ -113,17 +113,20 @@ def test_a_client_id_sent_to_two_processes_is_published_once(
             watcher.hear(timeout=0.5)
 
 
-def test_history_is_trimmed_and_expires_in_redis(
+def test_history_and_client_ids_expire_in_redis_after_the_history_ttl(
     start_shared: Callable[..., App], redis_server: RedisServer
 ) -> None:
     app = start_shared(HISTORY_TTL="60")
     with app.client("/ws/bounded") as client:
-        client.say("kept")
+        client_id = client.say("kept")
         client.hear()
     store = redis.Redis(port=redis_server.port)
     key = PACKAGE + ":" + "{bounded}:history"
     assert store.xlen(key) == 1
     assert 0 < store.pttl(key) <= 60_000
+    # What remembers the client_id, for deduplication, goes with it.
+    client_key = f"{PACKAGE}:" + "{bounded}" + f":client:{client_id}"
+    assert 0 < store.pttl(client_key) <= 60_000
 
 
 def test_losing_redis_keeps_local_delivery_and_resume_across_it_is_not_recovered(

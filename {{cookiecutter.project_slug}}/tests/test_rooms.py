@@ -214,21 +214,53 @@ def test_resume_past_the_history_size_is_not_recovered(
         assert [back.hear_text() for _ in range(2)] == ["m3", "m4"]
 
 
-def test_a_replay_too_big_for_the_send_buffer_is_not_recovered(
+#: Replays of this many messages of this length are about 9 MB: more than
+#: the kernel's socket buffers (about 3 MB here) and MAX_SEND_BUFFER (1 MiB)
+#: hold together, so the server must wait for the client to read.
+MANY, LONG = 300, 30_000
+
+
+def number(message: dict[str, object]) -> int:
+    return int(str(message["text"])[:5])
+
+
+def test_a_replay_many_times_the_send_buffer_reaches_a_slow_reader_whole(
     start_app: type[App],
 ) -> None:
-    # Half of MAX_SEND_BUFFER may be replayed: here 32 KiB, 16 messages.
-    app = start_app(MAX_SEND_BUFFER="65536", MAX_MESSAGES_PER_SECOND="1000")
-    with app.client("/ws/big") as sender:
-        for n in range(20):
-            sender.say(f"{n:04} " + "x" * 1995)
-        ids = [sender.hear()["id"] for _ in range(20)]
-    with app.client(f"/ws/big?since={ids[0]}") as back:
-        assert back.joined["recovered"] is False
-        assert back.joined["last_id"] == ids[-1]
-    with app.client(f"/ws/big?since={ids[10]}") as back:
+    app = start_app(MAX_TEXT_LENGTH=str(LONG), MAX_MESSAGES_PER_SECOND="1000")
+    ids = app.fill("long", MANY, LONG)
+    with app.slow_client(f"/ws/long?since={ids[0]}") as back:
         assert back.joined["recovered"] is True
-        assert len([back.hear() for _ in range(9)]) == 9
+        time.sleep(1)  # the server's buffer fills: it must wait, not drop
+        assert [number(back.hear()) for _ in range(MANY - 1)] == list(range(1, MANY))
+        client_id = back.say("live")
+        assert back.hear_text() == "live"
+        assert back.ack(client_id)  # nothing left unread: the close is quick
+    assert "dropping" not in app.log
+
+
+def test_a_replay_overtaken_by_the_history_it_reads_closes_with_1012(
+    start_app: type[App],
+) -> None:
+    app = start_app(
+        MAX_TEXT_LENGTH=str(LONG),
+        MAX_MESSAGES_PER_SECOND="1000",
+        HISTORY_SIZE=str(MANY),
+    )
+    ids = app.fill("busy", MANY, LONG)
+    with app.slow_client(f"/ws/busy?since={ids[0]}") as back:
+        assert back.joined["recovered"] is True
+        app.fill("busy", MANY, LONG)  # the history forgets all of the first
+        heard = []
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                heard.append(back.hear())
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1012, "resume")
+    # What came was in order and without a gap: a page at a time, not all.
+    assert [number(message) for message in heard] == list(range(1, len(heard) + 1))
+    assert 0 < len(heard) < MANY - 1
+    with app.client(f"/ws/busy?since={heard[-1]['id']}") as again:
+        assert again.joined["recovered"] is False
 
 
 def test_resume_after_the_history_expired_is_not_recovered(

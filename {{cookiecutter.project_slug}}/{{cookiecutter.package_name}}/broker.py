@@ -20,6 +20,7 @@ oldest messages first, then the rest of its state.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import sys
@@ -76,7 +77,8 @@ class Replay:
     #: False when history cannot prove that nothing is missing; None when
     #: nothing was asked for.
     recovered: bool | None
-    #: The message frames after the id, oldest first.
+    #: The message frames after the id, oldest first: at most the ``limit``
+    #: asked for, so a long replay is read a page at a time.
     frames: list[str]
     #: The id of the newest message in the history, if any.
     last_id: str | None
@@ -161,8 +163,9 @@ class MemoryHistory:
         self._evict(keep=state)
         return Stored(message_id, duplicate=False), frame
 
-    def replay(self, room: str, since: str | None) -> Replay:
-        """The messages after ``since``, if history still holds them all."""
+    def replay(self, room: str, since: str | None, limit: int | None = None) -> Replay:
+        """The messages after ``since``, at most ``limit`` of them, if history
+        still holds every one."""
         state = self._live(room, time.monotonic())
         if state is None:
             return Replay(recovered=False, frames=[], last_id=None)
@@ -176,7 +179,10 @@ class MemoryHistory:
         # everything after it.
         if not oldest <= after <= state.counter:
             return Replay(recovered=False, frames=[], last_id=last_id)
-        frames = [frame for counter, frame in state.messages if counter > after]
+        # Counters follow each other in the deque: no need to look at the rest.
+        start = after - oldest + 1
+        stop = None if limit is None else start + limit
+        frames = [frame for _, frame in itertools.islice(state.messages, start, stop)]
         return Replay(recovered=True, frames=frames, last_id=last_id)
 
     def last_id(self, room: str) -> str | None:
@@ -295,11 +301,14 @@ class Broker:
         """:meth:`publish`, without awaiting: only where :attr:`immediate`."""
         return self.publish_locally(room, tail, client_id)
 
-    async def replay(self, room: str, since: str | None) -> Replay:
-        """The room's messages after ``since``; with None, its last id only."""
+    async def replay(
+        self, room: str, since: str | None, limit: int | None = None
+    ) -> Replay:
+        """The room's messages after ``since``, the oldest ``limit`` of them
+        (all with None); with no ``since``, its last id only."""
         if since is None:
             return Replay(None, [], self.local_history.last_id(room))
-        return self.local_history.replay(room, since)
+        return self.local_history.replay(room, since, limit)
 
     async def replay_shared(self, room: str, since: str | None) -> Replay:
         """The messages after ``since`` in the history every process shares;

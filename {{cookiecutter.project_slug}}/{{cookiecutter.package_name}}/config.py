@@ -190,14 +190,13 @@ class Config:
                 "would close its sender's connection with 1009 instead"
             )
         largest_frame = MAX_BYTES_PER_CHARACTER * self.max_text_length + ENVELOPE_BYTES
-        if self.history_size > 0 and largest_frame > self.max_send_buffer // 2:
-            # hub.Hub(max_replay_bytes=...): a replay is given half the buffer.
+        if largest_frame > self.max_send_buffer:
+            # The frame relayed to every member: id, room and from included.
             raise ConfigError(
                 f"MAX_TEXT_LENGTH={self.max_text_length} makes messages of up to "
-                f"{largest_frame} bytes, more than the half of "
-                f"MAX_SEND_BUFFER={self.max_send_buffer} a resume may replay: "
-                "a client that missed one could never catch up; raise "
-                "MAX_SEND_BUFFER or set HISTORY_SIZE=0"
+                f"{largest_frame} bytes, more than "
+                f"MAX_SEND_BUFFER={self.max_send_buffer}: every recipient of "
+                "such a message would be dropped; raise MAX_SEND_BUFFER"
             )
 
 

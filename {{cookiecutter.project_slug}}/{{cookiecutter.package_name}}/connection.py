@@ -10,7 +10,8 @@ class. This is the only one the app uses, and everything it adds to
 * a client that sends faster than ``MAX_MESSAGES_PER_SECOND`` is closed
   with 1008 (:meth:`recv`);
 * a client that lets ``MAX_SEND_BUFFER`` bytes pile up is dropped
-  (:meth:`pause_writing`);
+  (:meth:`pause_writing`), except while it is sent its replay, which waits
+  for it instead (:meth:`send_paced`);
 * the close code is counted for ``/metrics`` (:meth:`connection_lost`);
 * the client's identity, once its token is verified (:attr:`identity`);
 * a fast path for complete text messages (:meth:`process_event`).
@@ -23,16 +24,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from websockets.frames import CloseCode, Opcode
-from websockets.protocol import Event
+from websockets.protocol import Event, State
 from websockets.typing import Data
 
 from . import metrics
 from .auth import Identity
-from .fanout import FanoutConnection
+from .fanout import FanoutConnection, broadcast
 from .limits import TokenBucket
 
 __all__ = ["Connection", "OnText", "factory"]
@@ -52,7 +53,15 @@ class AppState:
     1.6 KiB more per idle connection (measured). So the app adds one.
     """
 
-    __slots__ = ("bucket", "failing", "identity", "on_text", "over_rate", "room")
+    __slots__ = (
+        "bucket",
+        "failing",
+        "identity",
+        "on_text",
+        "over_rate",
+        "pacing",
+        "room",
+    )
 
     def __init__(self, bucket: TokenBucket) -> None:
         self.bucket = bucket
@@ -61,6 +70,8 @@ class AppState:
         self.room = ""
         self.over_rate = False
         self.failing: asyncio.Future[None] | None = None
+        #: While send_paced() runs: a full buffer makes it wait, not drop.
+        self.pacing = False
 
 
 class Connection(FanoutConnection):
@@ -161,6 +172,34 @@ class Connection(FanoutConnection):
             raise self.close_exc
         return message
 
+    async def send_paced(self, frames: Iterable[str]) -> None:
+        """Send text frames in order, as fast as the client reads them.
+
+        For a replay: it can be far larger than ``MAX_SEND_BUFFER``, and it
+        can wait, as nothing else is sent to this connection meanwhile (the
+        hub holds its live messages back). Each frame goes out as soon as
+        the write buffer is below its high-water mark; past it, this waits
+        until the buffer has drained to its low-water mark (a quarter of
+        it), instead of :meth:`pause_writing` dropping the client. A client
+        that stops reading altogether is closed by the keepalive ping's
+        timeout, its buffer no fuller than ``MAX_SEND_BUFFER`` and a frame.
+        Returns early once the connection is closing.
+        """
+        self.app.pacing = True
+        try:
+            for frame in frames:
+                if self.protocol.state is not State.OPEN:
+                    return
+                broadcast([self], frame)
+                self.write_queued()  # now, not on the loop's next turn
+                if self.paused:
+                    try:
+                        await self.drain()
+                    except OSError:  # the connection was lost meanwhile
+                        return
+        finally:
+            self.app.pacing = False
+
     def pause_writing(self) -> None:
         """Drop a client that lets ``write_limit`` bytes pile up.
 
@@ -173,6 +212,8 @@ class Connection(FanoutConnection):
         a client that far behind is dropped rather than throttled.
         """
         super().pause_writing()
+        if self.app.pacing:
+            return  # send_paced() waits for resume_writing()
         backlog = self.transport.get_write_buffer_size()
         logger.info(
             "dropping %s: %d bytes unread",

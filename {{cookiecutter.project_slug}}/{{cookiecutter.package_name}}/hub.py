@@ -22,7 +22,9 @@ that closes it: the connection starts listening first (live messages are
 buffered) and the broker confirms that this process is subscribed to the
 room (see ``Broker.watch``), then the history after ``since`` is read,
 then the connection gets ``joined``, the replay, and the buffered messages
-the replay did not hold. Redis delivers live messages on another
+the replay did not hold. The replay goes a page at a time, at the client's
+pace (:meth:`Hub.join`), while the buffer keeps only live messages past
+the last page sent. Redis delivers live messages on another
 connection than the one that reads history, so a message can also arrive
 live *after* the replay that held it: until a live message at or past the
 replay's last id arrives, a connection drops live messages the replay
@@ -49,6 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
+from websockets.protocol import State
 
 from . import fanout, metrics, protocol
 from .auth import AuthError, Identity, Verifier
@@ -67,6 +70,9 @@ ROOM_PATH = re.compile(r"/ws(?:/(?P<room>[A-Za-z0-9_-]{1,64}))?")
 
 #: Longer ``since`` values name no message: they get ``recovered: false``.
 MAX_SINCE_LENGTH = 64
+
+#: Messages of history read and sent at a time, to a client that resumes.
+REPLAY_PAGE = 100
 
 #: Seconds a browser has to send its token, in its first frame.
 AUTH_TIMEOUT = 10.0
@@ -109,7 +115,6 @@ class Hub:
         chat: Chat,
         *,
         max_text_length: int,
-        max_replay_bytes: int = 2**19,
         verifier: Verifier | None = None,
     ) -> None:
         self.broker = broker
@@ -117,9 +122,6 @@ class Hub:
         self.verifier = verifier
         self.chat = chat
         self.max_text_length = max_text_length
-        #: A replay larger than this is refused (``recovered: false``): it
-        #: would not fit the client's send buffer (see MAX_SEND_BUFFER).
-        self.max_replay_bytes = max_replay_bytes
         #: Live members connected to this process, by room.
         self.members: dict[str, set[ServerConnection]] = {}
         #: Members still joining, by room.
@@ -229,7 +231,17 @@ class Hub:
     async def join(
         self, connection: ServerConnection, room: str, since: str | None
     ) -> None:
-        """Send ``joined``, then the history after ``since``, then go live."""
+        """Send ``joined``, then the history after ``since``, then go live.
+
+        The history is read and sent a page at a time (``REPLAY_PAGE``
+        messages), each page as fast as the client reads it: a replay is
+        never held whole, nor piled up in the send buffer. Live messages are
+        held back meanwhile, only those the pages have not reached yet. If
+        the history forgets the next page before it is read (a busy room, a
+        slow reader), the connection is closed with 1012 (``resume``): the
+        client resumes from what it got, and ``recovered`` tells it what it
+        missed.
+        """
         joining = _Joining()
         self.joining.setdefault(room, {})[connection] = joining
         # Listen first, so that history read afterwards misses nothing.
@@ -240,20 +252,44 @@ class Hub:
         if since is not None and len(since) > MAX_SINCE_LENGTH:
             replay = Replay(False, [], None)
         else:
-            replay = await self.broker.replay(room, since)
-        if self.joining.get(room, {}).get(connection) is not joining:
+            replay = await self.broker.replay(room, since, REPLAY_PAGE)
+        if not self._still_joining(connection, room, joining):
             return  # closed by catch_up() meanwhile
-        if replay.recovered and self._too_big(replay.frames):
-            replay = Replay(False, [], replay.last_id)
+        fanout.broadcast(
+            [connection], protocol.joined_frame(room, replay.recovered, replay.last_id)
+        )
+        first = replay
+        newest_sent: str | None = None
+        while replay.recovered and replay.frames:
+            await self._send_paced(connection, replay.frames)
+            metrics.MESSAGES_DELIVERED.inc(len(replay.frames))
+            newest_sent = protocol.message_id(replay.frames[-1])
+            if len(replay.frames) < REPLAY_PAGE:
+                break
+            self._drop_held(joining, newest_sent)
+            if not self._still_joining(connection, room, joining):
+                return
+            replay = await self.broker.replay(room, newest_sent, REPLAY_PAGE)
+            if not self._still_joining(connection, room, joining):
+                return
+            if not replay.recovered:
+                logger.info(
+                    "closing %s: room %s forgot its history after %s before "
+                    "the replay read it",
+                    connection.remote_address,
+                    room,
+                    newest_sent,
+                )
+                self.leave(connection, room)
+                self._keep(connection.close(CloseCode.SERVICE_RESTART, "resume"))
+                return
         # From here on nothing awaits: no message can slip in between.
-        frames = [protocol.joined_frame(room, replay.recovered, replay.last_id)]
-        frames += replay.frames
         replayed_up_to = None
-        if replay.recovered:
-            newest = protocol.message_id(replay.frames[-1]) if replay.frames else since
-            replayed_up_to = protocol.sequence(newest)  # type: ignore[arg-type]
+        if first.recovered:
+            replayed_up_to = protocol.sequence(newest_sent or since)  # type: ignore[arg-type]
         held, joining.held = joining.held or [], None
         caught_up = replayed_up_to is None
+        frames = []
         for message_id, frame in held:
             if caught_up or self._after(message_id, replayed_up_to):
                 frames.append(frame)
@@ -262,13 +298,13 @@ class Hub:
                 caught_up = True
         for frame in frames:
             fanout.broadcast([connection], frame)
-        metrics.MESSAGES_DELIVERED.inc(len(frames) - 1)
+        metrics.MESSAGES_DELIVERED.inc(len(frames))
         if room not in self.last_ids:
-            if not replay.available:
+            if not first.available:
                 self.last_ids[room] = UNKNOWN
             else:
-                newest = protocol.message_id(frames[-1]) if len(frames) > 1 else None
-                self.last_ids[room] = newest or replay.last_id
+                newest = protocol.message_id(frames[-1]) if frames else newest_sent
+                self.last_ids[room] = newest or first.last_id
         if caught_up:
             self._go_live(connection, room)
         else:
@@ -425,13 +461,34 @@ class Hub:
             elif protocol.sequence(message_id) == state.replayed_up_to:
                 self._go_live(connection, room)  # the last replayed one, live
 
-    def _too_big(self, frames: list[str]) -> bool:
-        size = 0
-        for frame in frames:
-            size += len(frame.encode())
-            if size > self.max_replay_bytes:
-                return True
-        return False
+    def _still_joining(
+        self, connection: ServerConnection, room: str, joining: _Joining
+    ) -> bool:
+        """Whether a join may go on: the connection is open, and catch_up()
+        did not close it meanwhile."""
+        return (
+            connection.protocol.state is State.OPEN
+            and self.joining.get(room, {}).get(connection) is joining
+        )
+
+    @staticmethod
+    async def _send_paced(connection: ServerConnection, frames: list[str]) -> None:
+        if isinstance(connection, Connection):
+            await connection.send_paced(frames)
+        else:
+            for frame in frames:
+                fanout.broadcast([connection], frame)
+
+    def _drop_held(self, joining: _Joining, replayed: str) -> None:
+        """Forget held live messages the replay has sent: only those it has
+        not reached are held, at most a history's worth."""
+        if joining.held:
+            position = protocol.sequence(replayed)
+            joining.held = [
+                (message_id, frame)
+                for message_id, frame in joining.held
+                if self._after(message_id, position)
+            ]
 
     @staticmethod
     def _after(message_id: str, replayed_up_to: tuple[str, int, int] | None) -> bool:

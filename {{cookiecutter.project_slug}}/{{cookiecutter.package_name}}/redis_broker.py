@@ -520,21 +520,26 @@ class RedisBroker(Broker):
             raise RedisConnectionError("history unavailable")
         return replay
 
-    async def replay(self, room: str, since: str | None) -> Replay:
+    async def replay(
+        self, room: str, since: str | None, limit: int | None = None
+    ) -> Replay:
         if since is not None and ":" in since and self.status != "connected":
             # An in-memory id, given by this process while Redis was away,
             # which it still is. Once it is back, Redis holds what other
             # processes stored meanwhile, which no in-memory id can resume.
-            replay = self.local_history.replay(room, since)
+            replay = self.local_history.replay(room, since, limit)
             if replay.recovered:
                 return replay
-        replay = await self._read(room, since)
+        replay = await self._read(room, since, limit)
         if replay is None:
             return Replay(None if since is None else False, [], None, available=False)
         return replay
 
-    async def _read(self, room: str, since: str | None) -> Replay | None:
-        """Read the room's Stream after ``since``; None if Redis can't."""
+    async def _read(
+        self, room: str, since: str | None, limit: int | None = None
+    ) -> Replay | None:
+        """Read the room's Stream after ``since``, at most ``limit`` entries;
+        None if Redis can't."""
         server = self._server_of(room)
         if self.redis is None or not self._worth_trying(server):
             return None
@@ -550,7 +555,7 @@ class RedisBroker(Broker):
                     return Replay(False, [], None)
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.xrange(key, since, since)
-                    pipe.xrange(key, f"({since}")
+                    pipe.xrange(key, f"({since}", count=limit)
                     pipe.xrevrange(key, count=1)
                     found, after, newest = await pipe.execute()
         except RedisError as exc:

@@ -68,8 +68,6 @@ async def run(config: Config) -> None:
         broker,
         Chat(),
         max_text_length=config.max_text_length,
-        # Half the send buffer: what is left holds the messages that follow.
-        max_replay_bytes=config.max_send_buffer // 2,
         verifier=verifier,
     )
     counter = metrics.ConnectionCounter()
