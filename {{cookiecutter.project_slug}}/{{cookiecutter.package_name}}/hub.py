@@ -283,6 +283,8 @@ class Hub:
                 self.leave(connection, room)
                 self._keep(connection.close(CloseCode.SERVICE_RESTART, "resume"))
                 return
+        if not self._still_joining(connection, room, joining):
+            return  # closed while its last page was sent
         # From here on nothing awaits: no message can slip in between.
         replayed_up_to = None
         if first.recovered:

@@ -78,8 +78,9 @@ HEARTBEAT_INTERVAL = 2.0
 #: Commands on their way to Redis at once, at most: below redis-py's pool
 #: of 100 connections (per node on a cluster), which refuses one more with
 #: "Too many connections" instead of waiting. Past it, commands wait their
-#: turn: a reconnect storm's thousands of history reads are queued, not
-#: mistaken for Redis failing (which answered them recovered: false).
+#: turn, untimed: a reconnect storm's thousands of history reads are
+#: queued, not mistaken for Redis failing (which answered them recovered:
+#: false), and REDIS_TIMEOUT counts from a command's turn on.
 MAX_COMMANDS_IN_FLIGHT = 64
 #: Seconds between two flushes of subscription changes, at least: under
 #: churn (clients joining and leaving many rooms at once), each link gets
@@ -454,15 +455,24 @@ class RedisBroker(Broker):
         probe = server in self.failing
         if probe:
             self.probing.add(server)
-        patience = REDIS_TIMEOUT if self._reachable(room) else DISCONNECTED_TIMEOUT
         try:
-            async with asyncio.timeout(patience), self.in_flight:
-                yield
-        except UNREACHABLE as exc:
-            self._failed(server, exc)
-            raise
-        else:
-            self._worked(server)
+            # Waiting for a turn (MAX_COMMANDS_IN_FLIGHT) is not Redis failing:
+            # only the command itself is timed.
+            async with self.in_flight:
+                if not probe and server in self.failing:
+                    # It failed while this one waited: don't wait for it too.
+                    raise RedisConnectionError("Redis failed a moment ago")
+                patience = (
+                    REDIS_TIMEOUT if self._reachable(room) else DISCONNECTED_TIMEOUT
+                )
+                try:
+                    async with asyncio.timeout(patience):
+                        yield
+                except UNREACHABLE as exc:
+                    self._failed(server, exc)
+                    raise
+                else:
+                    self._worked(server)
         finally:
             if probe:
                 self.probing.discard(server)
