@@ -20,8 +20,13 @@ client has heard every message, it prints:
 - the new A's peak resident memory during the storm, against its memory
   with the same clients connected and no storm.
 
-    python bench/storm.py           # 2,000 clients in 50 rooms
-    python bench/storm.py --smoke   # 100 clients in 5 rooms: does it work?
+    python bench/storm.py             # 2,000 clients in 50 rooms
+    python bench/storm.py --cluster   # the same through a Redis Cluster
+    python bench/storm.py --smoke     # 100 clients in 5 rooms: does it work?
+
+With ``--cluster``, the instances share rooms through a real Redis Cluster
+of three masters and a replica of each, started by the baked project's own
+test helper (its ``tests/conftest.py``).
 
 tests/test_reconnect_storm.py runs the full storm and asserts exactness.
 """
@@ -31,14 +36,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from procs import ServerProcess, free_port, redis_server, rss_kib
 from targets import bake
@@ -221,6 +229,24 @@ async def storm(
             server.kill()
 
 
+@contextlib.contextmanager
+def redis_cluster(project: Path, directory: Path) -> Iterator[Any]:
+    """A real Redis Cluster, started by the baked project's own test helper
+    (``RedisCluster`` in its tests/conftest.py), stopped on the way out."""
+    spec = importlib.util.spec_from_file_location(
+        "baked_conftest", project / "tests" / "conftest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    baked = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baked)
+    cluster = baked.RedisCluster(directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def _env(redis_url: str) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": redis_url, "MAX_CONNECTIONS": "10000"}
 
@@ -257,17 +283,20 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--rooms", type=int, default=50)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--cluster", action="store_true", help="through a Redis Cluster")
     args = parser.parse_args()
     if args.smoke:
         args.clients, args.rooms = 100, 5
-    with tempfile.TemporaryDirectory() as directory, redis_server(pin=False) as redis_port:
-        project, package = bake(Path(directory))
+    with tempfile.TemporaryDirectory() as name, contextlib.ExitStack() as stack:
+        directory = Path(name)
+        project, package = bake(directory)
+        if args.cluster:
+            redis_url = stack.enter_context(redis_cluster(project, directory / "cluster")).url
+        else:
+            redis_url = f"redis://127.0.0.1:{stack.enter_context(redis_server(pin=False))}/0"
         result = asyncio.run(
-            storm(
-                project, package, f"redis://127.0.0.1:{redis_port}/0", Path(directory),
-                clients=args.clients, rooms=args.rooms,
-            )
-        )  # fmt: skip
+            storm(project, package, redis_url, directory, clients=args.clients, rooms=args.rooms)
+        )
     print(report(result))
     for problem in result.problems:
         print(f"- {problem}")

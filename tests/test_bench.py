@@ -141,10 +141,10 @@ def test_run_also_measures_what_busy_rooms_cost_in_redis_memory(
     assert re.search(r"grew by \*\*[\d.]+ MiB, [\d.]+ KiB per room\*\*", printed)
 
 
-def smoke_output(script: str, timeout: float = 300) -> str:
+def smoke_output(script: str, *options: str, timeout: float = 300) -> str:
     """What ``bench/<script> --smoke`` prints, once it has exited 0."""
     result = subprocess.run(
-        [sys.executable, str(BENCH / script), "--smoke"],
+        [sys.executable, str(BENCH / script), "--smoke", *options],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -191,9 +191,10 @@ def test_the_token_benchmark_smoke_mode_prints_every_case() -> None:
     ], output
 
 
-def test_the_storm_benchmark_smoke_mode_prints_an_exact_recovery() -> None:
+@pytest.mark.parametrize("options", [(), ("--cluster",)], ids=["redis", "cluster"])
+def test_the_storm_benchmark_smoke_mode_prints_an_exact_recovery(options: tuple[str]) -> None:
     require_tool("redis-server")
-    output = smoke_output("storm.py")
+    output = smoke_output("storm.py", *options)
     assert "| clients that heard every message exactly once, in order | 100 / 100 |" in output
     assert re.search(r"\| rejoins that said recovered: true \| (\d+) / \1 \|", output), output
     assert re.search(r"after SIGTERM \| [\d.]+ s \|", output), output

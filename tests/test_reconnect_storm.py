@@ -13,7 +13,6 @@ other instance never stops until after the storm.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,20 +28,8 @@ import storm  # bench/ is not a package: found through sys.path
 
 @pytest.fixture
 def redis_cluster(default_project: Path, tmp_path: Path) -> Iterator[Any]:
-    """A real Redis Cluster, started by the baked project's own test helper
-    (its tests/conftest.py), so that both suites run the same cluster."""
-    spec = importlib.util.spec_from_file_location(
-        "baked_conftest", default_project / "tests" / "conftest.py"
-    )
-    assert spec is not None and spec.loader is not None
-    baked = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(baked)
-    cluster = baked.RedisCluster(tmp_path / "cluster")
-    try:
-        cluster.start()
+    with storm.redis_cluster(default_project, tmp_path / "cluster") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.parametrize("shared_by", ["redis_server", "redis_cluster"])
